@@ -1,0 +1,1 @@
+"""Data layer: vocabulary, sources, objectives (seqio preprocessors) and packing."""

@@ -1,0 +1,84 @@
+"""Feature converter: packs objective outputs into fixed-length decoder rows.
+
+Input (task) features, all int32 and of equal length per example: `targets`,
+`loss_weights`, `prefix`, `objective` (see `objectives`). Output (model) features, each
+[length]:
+
+    inputs        the model input: targets shifted right by one inside each segment, with
+                  <|endoftext|> first (CodeGen has no BOS; documents are separated by EOS)
+    targets       the tokens to predict
+    loss_weights  1 where a real (non-padding) token carries loss
+    segment_ids   1, 2, ... per packed example; 0 on padding
+    positions     0, 1, ... restarting at each segment
+    prefix        1 on the bidirectional prefix (what seqio calls `decoder_causal_attention`)
+    objective     the objective id of each token (0 on padding, weighted out by loss_weights)
+
+Example, two examples packed into a row of 8 (E = <|endoftext|> = 2):
+
+    task:  {targets: [7 8 2], ...}, {targets: [5 6 9 2], ...}
+    inputs      = [2 7 8 2 5 6 9 0]
+    targets     = [7 8 2 5 6 9 2 0]
+    segment_ids = [1 1 1 2 2 2 2 0]
+    positions   = [0 1 2 0 1 2 3 0]
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import seqio
+import tensorflow as tf
+
+from codegen2_jax.data import vocab as V
+
+_TOKEN_FEATURES = ("targets", "loss_weights", "prefix", "objective")
+
+
+class CodeGenFeatureConverter(seqio.FeatureConverter):
+  """Packs (or pads) CodeGen2 objective examples into decoder-only model rows."""
+
+  TASK_FEATURES = {k: seqio.FeatureConverter.FeatureSpec(dtype=tf.int32)
+                   for k in _TOKEN_FEATURES}
+  MODEL_FEATURES = {k: seqio.FeatureConverter.FeatureSpec(dtype=tf.int32)
+                    for k in ("inputs", "targets", "loss_weights", "prefix", "objective")}
+  PACKING_FEATURE_DTYPES = {"segment_ids": tf.int32, "positions": tf.int32}
+
+  def __init__(self, pack: bool = True, **kwargs):
+    super().__init__(pack=pack, bos_id=V.EOS_ID, **kwargs)
+
+  def _convert_example(self, features: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    targets = features["targets"]
+    seg = features.get("targets_segment_ids")
+    if seg is None:  # unpacked: one segment per row, padding is 0
+      seg = tf.cast(targets != 0, tf.int32)
+      positions = tf.range(tf.size(targets), dtype=tf.int32) * seg
+    else:
+      positions = features["targets_positions"]
+    inputs = seqio.utils.make_autoregressive_inputs(targets, sequence_id=seg,
+                                                    bos_id=self.bos_id)
+    real = tf.cast(seg > 0, tf.int32)
+    return {
+        "inputs": inputs,
+        "targets": targets,
+        "loss_weights": features["loss_weights"] * real,
+        "prefix": features["prefix"] * real,
+        "objective": features["objective"] * real,
+        "segment_ids": seg,
+        "positions": positions,
+    }
+
+  def _convert_features(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]
+                        ) -> tf.data.Dataset:
+    ds = self._pack_or_pad(ds, task_feature_lengths)
+    return ds.map(self._convert_example, num_parallel_calls=tf.data.AUTOTUNE)
+
+  def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]
+                                ) -> Mapping[str, int]:
+    n = task_feature_lengths["targets"]
+    return {k: n for k in ("inputs", "targets", "loss_weights", "prefix", "objective",
+                           "segment_ids", "positions")}
+
+
+def task_feature_lengths(seq_len: int) -> dict[str, int]:
+  """The task feature lengths for rows of `seq_len` tokens."""
+  return {k: seq_len for k in _TOKEN_FEATURES}

@@ -1,0 +1,204 @@
+"""The paper's learning objectives as seqio preprocessors over token ids (tf.data graph ops).
+
+Every objective turns one tokenized document into ONE plain token sequence for a single
+decoder (no task tokens) plus three per-token features of the same length:
+
+    targets        the model sequence
+    loss_weights   1 where the token carries loss
+    prefix         1 on the bidirectional prefix (prefix-LM); 0 everywhere else
+    objective      the objective id of the sequence, repeated (for per-objective metrics)
+
+Worked examples, writing tokens as text (`E` = <|endoftext|>, `S` = <sep>, `M` = <eom>,
+`<1>` = <mask_1>):
+
+    causal LM        doc  = a b c d e f
+                     targets      = a b c d e f E
+                     loss_weights = 1 1 1 1 1 1 1
+
+    file-level span  doc  = a b c d e f g h   spans chosen: [c d] and [g]
+    corruption       targets      = a b <1> e f <2> h E S <1> c d M <2> g M
+                     loss_weights = 1 ... 1                              (default)
+                     or 0 up to and including S, 1 after (loss_on_document=False)
+
+Putting every span back at its sentinel gives the document exactly. Span corruption
+never crosses a document: it runs on one (split) document at a time.
+"""
+
+from __future__ import annotations
+
+import gin
+import seqio
+import tensorflow as tf
+
+from codegen2_jax.data import vocab as V
+
+CAUSAL_LM, SPAN_CORRUPTION, T5_SPAN_CORRUPTION, PREFIX_LM, PSM_INFILL = range(5)
+OBJECTIVE_NAMES = ("causal_lm", "span_corruption", "t5_span_corruption", "prefix_lm",
+                   "psm_infill")
+
+# Extra tokens span corruption may add: a sentinel and <eom> per span, then <|endoftext|> <sep>.
+def span_corruption_overhead(max_spans: int) -> int:
+  """Upper bound on tokens file-level span corruption adds to a document."""
+  return 2 * max_spans + 2
+
+
+def _example(tokens, loss_weights, prefix, objective: int | tf.Tensor):
+  tokens = tf.cast(tokens, tf.int32)
+  return {
+      "targets": tokens,
+      "loss_weights": tf.cast(loss_weights, tf.int32),
+      "prefix": tf.cast(prefix, tf.int32),
+      "objective": tf.fill(tf.shape(tokens), tf.cast(objective, tf.int32)),
+  }
+
+
+def causal_lm_example(tokens: tf.Tensor) -> dict[str, tf.Tensor]:
+  """`doc` -> `doc <|endoftext|>`, loss on every token."""
+  seq = tf.concat([tf.cast(tokens, tf.int32), [V.EOS_ID]], 0)
+  ones = tf.ones_like(seq)
+  return _example(seq, ones, tf.zeros_like(seq), CAUSAL_LM)
+
+
+def random_segmentation(num_items: tf.Tensor, num_segments: tf.Tensor, seed) -> tf.Tensor:
+  """Splits `num_items` into `num_segments` random positive lengths (int32 [num_segments]).
+
+  Requires 1 <= num_segments <= num_items. Stateless: the same seed gives the same lengths.
+  """
+  scores = tf.random.stateless_uniform([num_items - 1], seed=seed)
+  boundaries = tf.argsort(scores)[: num_segments - 1]
+  first_in_segment = tf.scatter_nd(boundaries[:, None], tf.ones_like(boundaries),
+                                   [num_items - 1])
+  segment_id = tf.cumsum(tf.concat([[0], first_in_segment], 0))
+  return tf.math.unsorted_segment_sum(tf.ones([num_items], tf.int32), segment_id, num_segments)
+
+
+def random_spans_mask(length, num_noise, num_spans, seed) -> tf.Tensor:
+  """Bool [length] with `num_noise` True tokens in `num_spans` runs at random places.
+
+  Non-noise gaps between spans are non-empty; the gaps before the first and after the
+  last span may be empty, so a span can start or end the document.
+  Requires 1 <= num_spans <= min(num_noise, length - num_noise + 1).
+  """
+  s1, s2 = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+  noise = random_segmentation(num_noise, num_spans, s1)
+  # num_spans + 1 gaps; add one phantom item to each outer gap so they may be empty.
+  gaps = random_segmentation(length - num_noise + 2, num_spans + 1, s2)
+  gaps = gaps - tf.one_hot(0, num_spans + 1, dtype=tf.int32) - tf.one_hot(
+      num_spans, num_spans + 1, dtype=tf.int32)
+  lengths = tf.concat([tf.reshape(tf.stack([gaps[:-1], noise], 1), [-1]), gaps[-1:]], 0)
+  values = tf.concat([tf.tile([False, True], [num_spans]), [False]], 0)
+  return tf.repeat(values, lengths)
+
+
+def corrupt_spans(tokens: tf.Tensor, noise: tf.Tensor, loss_on_document: bool = True):
+  """Moves the `noise` runs of `tokens` to the end in the CodeGen2 format (see module doc).
+
+  Returns (targets, loss_weights) int32 [len(tokens) + 2 * num_spans + 2].
+  """
+  tokens = tf.cast(tokens, tf.int32)
+  prev = tf.concat([[False], noise[:-1]], 0)
+  nxt = tf.concat([noise[1:], [False]], 0)
+  start = noise & ~prev
+  end = noise & ~nxt
+  sentinel = V.FIRST_MASK_ID - 1 + tf.cumsum(tf.cast(start, tf.int32))
+  eom = tf.fill(tf.shape(tokens), V.EOM_ID)
+  document = tf.ragged.boolean_mask(tf.stack([sentinel, tokens], 1),
+                                    tf.stack([start, ~noise], 1)).flat_values
+  spans = tf.ragged.boolean_mask(tf.stack([sentinel, tokens, eom], 1),
+                                 tf.stack([start, noise, end], 1)).flat_values
+  head = tf.concat([document, [V.EOS_ID, V.SEP_ID]], 0)
+  targets = tf.concat([head, spans], 0)
+  head_weight = tf.ones_like(head) if loss_on_document else tf.zeros_like(head)
+  return targets, tf.concat([head_weight, tf.ones_like(spans)], 0)
+
+
+@gin.configurable(module="objectives")
+def span_corruption_example(tokens: tf.Tensor, seed, mask_ratio=(0.05, 0.25),
+                            mean_span_length=(3.0, 20.0), max_spans: int = 16,
+                            loss_on_document: bool = True) -> dict[str, tf.Tensor]:
+  """File-level span corruption of one document (CodeGen2's final recipe).
+
+  Per document a mask ratio r ~ U(mask_ratio) and a mean span length m ~
+  U(mean_span_length) are drawn; round(r * n) tokens (at least 1) are masked in about
+  round(r * n / m) spans (1..max_spans), placed at random. Documents under 2 tokens fall
+  back to causal LM. These ranges are our documented defaults: the paper does not
+  publish its values.
+  """
+  tokens = tf.cast(tokens, tf.int32)
+  n = tf.size(tokens)
+  s_ratio, s_span, s_mask = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+
+  def corrupt():
+    ratio = tf.random.stateless_uniform([], s_ratio, mask_ratio[0], mask_ratio[1])
+    mean = tf.random.stateless_uniform([], s_span, mean_span_length[0], mean_span_length[1])
+    num_noise = tf.clip_by_value(tf.cast(tf.round(tf.cast(n, tf.float32) * ratio), tf.int32),
+                                 1, n - 1)
+    wanted = tf.cast(tf.round(tf.cast(num_noise, tf.float32) / mean), tf.int32)
+    num_spans = tf.clip_by_value(wanted, 1,
+                                 tf.reduce_min([max_spans, num_noise, n - num_noise + 1]))
+    noise = random_spans_mask(n, num_noise, num_spans, s_mask)
+    targets, weights = corrupt_spans(tokens, noise, loss_on_document)
+    return _example(targets, weights, tf.zeros_like(targets), SPAN_CORRUPTION)
+
+  return tf.cond(n >= 2, corrupt, lambda: causal_lm_example(tokens))
+
+
+# ----------------------------------------------------------------------------------------
+# seqio preprocessors
+
+
+def tokens_reserved(max_spans: int = 16) -> int:
+  return span_corruption_overhead(max_spans)
+
+
+@gin.configurable(module="objectives")
+def split_documents(dataset: tf.data.Dataset, sequence_length, reserve: int | None = None
+                    ) -> tf.data.Dataset:
+  """Splits tokenized documents ('targets') into chunks that fit a row after any objective.
+
+  Chunks hold at most `sequence_length['targets'] - reserve` tokens, so nothing is trimmed
+  later: a long file becomes several consecutive documents, none is dropped.
+  Empty documents are dropped.
+  """
+  if reserve is None:
+    reserve = tokens_reserved()
+  max_len = sequence_length["targets"] - reserve
+  if max_len < 1:
+    raise ValueError(f"SEQ_LEN {sequence_length['targets']} leaves no room for a document "
+                     f"after reserving {reserve} tokens for objective markup")
+
+  def chunk(ex):
+    tokens = ex["targets"]
+    n = tf.size(tokens)
+    num = (n + max_len - 1) // max_len
+    lengths = tf.concat([tf.fill([tf.maximum(num - 1, 0)], max_len),
+                         [n - (num - 1) * max_len]], 0)[:num]
+    pieces = tf.RaggedTensor.from_row_lengths(tokens, lengths)
+    return tf.data.Dataset.from_tensor_slices({
+        "targets": pieces,
+        "source": tf.fill([num], ex["source"]),
+    })
+
+  dataset = dataset.filter(lambda ex: tf.size(ex["targets"]) > 0)
+  return dataset.flat_map(chunk)
+
+
+@seqio.map_over_dataset
+def causal_lm(ex):
+  """seqio preprocessor: every document as causal LM (see module docstring)."""
+  out = causal_lm_example(ex["targets"])
+  out["source"] = ex["source"]
+  return out
+
+
+@gin.configurable(module="objectives")
+@seqio.map_over_dataset(num_seeds=2)
+def codegen2_mixture(ex, seeds, causal_prob: float = 0.5):
+  """seqio preprocessor: per sequence, causal LM with probability `causal_prob`, else
+  file-level span corruption (the paper's final recipe, 50/50 by default)."""
+  tokens = ex["targets"]
+  use_causal = tf.random.stateless_uniform([], seed=seeds[0]) < causal_prob
+  out = tf.cond(use_causal, lambda: causal_lm_example(tokens),
+                lambda: span_corruption_example(tokens, seeds[1]))
+  out["source"] = ex["source"]
+  return out

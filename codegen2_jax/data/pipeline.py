@@ -1,0 +1,52 @@
+"""Per-host batches from a seqio task or mixture: sharded, packed, resumable by position."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import jax
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from codegen2_jax.data import converters
+
+
+def _check_name(name: str) -> None:
+  known = set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
+  if name not in known:
+    import difflib
+    close = difflib.get_close_matches(name, sorted(known), n=3)
+    hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+    raise ValueError(f"unknown seqio task or mixture {name!r}{hint} (registered: "
+                     f"{len(known)}; import the module that registers it, e.g. `tasks`)")
+
+
+def host_dataset(name: str, seq_len: int, batch_size: int, split: str = "train",
+                 seed: int = 0, shuffle: bool = True, num_epochs: int | None = None,
+                 shard_index: int | None = None, num_shards: int | None = None,
+                 pack: bool = True) -> tf.data.Dataset:
+  """This host's tf.data pipeline of packed rows, batched to the per-host batch size.
+
+  `batch_size` is GLOBAL (sequences per step over all hosts); each host reads its own
+  shard (default: jax.process_index() of jax.process_count()) and yields
+  batch_size / num_shards rows per step. The pipeline is deterministic for a seed.
+  """
+  _check_name(name)
+  shard_index = jax.process_index() if shard_index is None else shard_index
+  num_shards = jax.process_count() if num_shards is None else num_shards
+  if batch_size % num_shards:
+    raise ValueError(f"BATCH_SIZE {batch_size} is not divisible by {num_shards} hosts")
+  ds = seqio.get_dataset(
+      name, converters.task_feature_lengths(seq_len),
+      converters.CodeGenFeatureConverter(pack=pack), dataset_split=split, shuffle=shuffle,
+      num_epochs=num_epochs, seed=seed, use_cached=False,
+      shard_info=seqio.ShardInfo(shard_index, num_shards) if num_shards > 1 else None)
+  return ds.batch(batch_size // num_shards, drop_remainder=True).prefetch(2)
+
+
+def batches(ds: tf.data.Dataset, skip: int = 0) -> Iterator[dict[str, np.ndarray]]:
+  """numpy batches of `ds`, after skipping `skip` batches (resume at a data position)."""
+  if skip:
+    ds = ds.skip(skip)
+  return ds.as_numpy_iterator()

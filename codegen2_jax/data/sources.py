@@ -1,0 +1,128 @@
+"""The embedded default corpus: the running interpreter's standard library.
+
+Code: every `.py` file of the standard library (site-packages excluded).
+Natural language: the interpreter's bundled documentation prose, i.e. the help topics of
+`pydoc_data.topics` and the docstrings of stdlib modules, classes and functions.
+
+Documents are split deterministically into `train` and `validation` (about 2% held out)
+by a CRC of their name, so the split never depends on file-system order.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import logging
+import os
+import sysconfig
+import zlib
+from pathlib import Path
+
+import seqio
+import tensorflow as tf
+
+VALIDATION_EVERY = 50  # one document in 50 is held out
+
+
+def stdlib_root() -> Path:
+  """Directory of the running interpreter's standard library."""
+  return Path(sysconfig.get_paths()["stdlib"])
+
+
+def _split_of(name: str) -> str:
+  return "validation" if zlib.crc32(name.encode()) % VALIDATION_EVERY == 0 else "train"
+
+
+def _stdlib_files() -> list[Path]:
+  root = stdlib_root()
+  files = []
+  for d, dirs, names in os.walk(root):
+    dirs[:] = sorted(x for x in dirs if x not in ("site-packages", "dist-packages", "__pycache__"))
+    files.extend(Path(d) / n for n in sorted(names) if n.endswith(".py"))
+  return files
+
+
+def read_text(path: Path) -> str | None:
+  """Reads a source file as UTF-8, replacing invalid bytes; None for binary or empty files."""
+  data = path.read_bytes()
+  if not data.strip() or b"\x00" in data:
+    return None
+  return data.decode("utf-8", errors="replace")
+
+
+@functools.lru_cache(maxsize=None)
+def stdlib_code() -> tuple[tuple[str, str], ...]:
+  """All stdlib sources as (name, text) pairs, name relative to the stdlib root."""
+  root = stdlib_root()
+  docs, skipped = [], 0
+  for path in _stdlib_files():
+    text = read_text(path)
+    if text is None:
+      skipped += 1
+      continue
+    docs.append((str(path.relative_to(root)), text))
+  logging.info("stdlib code: %d files (%d empty or binary skipped)", len(docs), skipped)
+  return tuple(docs)
+
+
+@functools.lru_cache(maxsize=None)
+def stdlib_prose(min_chars: int = 200) -> tuple[tuple[str, str], ...]:
+  """Documentation prose as (name, text): pydoc help topics and docstrings (>= min_chars)."""
+  docs = []
+  try:
+    from pydoc_data import topics
+    docs.extend((f"pydoc_data/{k}", v) for k, v in sorted(topics.topics.items()))
+  except ImportError:  # some distributions strip pydoc_data
+    logging.warning("pydoc_data is missing; prose comes from docstrings only")
+  unparsable = 0
+  for name, text in stdlib_code():
+    if name.startswith(("test/", "idlelib/idle_test/", "lib2to3/tests/")):
+      continue
+    try:
+      tree = ast.parse(text)
+    except (SyntaxError, ValueError):
+      unparsable += 1
+      continue
+    for node in ast.walk(tree):
+      if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+        doc = ast.get_docstring(node)
+        if doc and len(doc) >= min_chars:
+          label = getattr(node, "name", "<module>")
+          docs.append((f"{name}:{label}", doc))
+  logging.info("stdlib prose: %d documents (%d unparsable files)", len(docs), unparsable)
+  return tuple(docs)
+
+
+def split_docs(docs, split: str) -> list[tuple[str, str]]:
+  """The documents of one split ('train' or 'validation')."""
+  if split not in ("train", "validation"):
+    raise ValueError(f"unknown split {split!r}; expected 'train' or 'validation'")
+  return [d for d in docs if _split_of(d[0]) == split]
+
+
+def _dataset_fn(docs_fn):
+  def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
+    docs = split_docs(docs_fn(), split)
+    names = [n for n, _ in docs]
+    texts = [t for _, t in docs]
+    ds = tf.data.Dataset.from_tensor_slices({"source": names, "text": texts})
+    if shuffle_files:
+      ds = ds.shuffle(len(docs), seed=seed)
+    return ds
+  return dataset_fn
+
+
+def stdlib_code_source() -> seqio.DataSource:
+  """seqio source of stdlib code; examples {'source': name, 'text': file content}."""
+  return seqio.FunctionDataSource(_dataset_fn(stdlib_code), splits=("train", "validation"))
+
+
+def stdlib_prose_source() -> seqio.DataSource:
+  """seqio source of stdlib documentation prose; examples {'source', 'text'}."""
+  return seqio.FunctionDataSource(_dataset_fn(stdlib_prose), splits=("train", "validation"))
+
+
+def vocab_training_texts() -> list[str]:
+  """Training texts for the default vocabulary: the train split of code and prose."""
+  return ([t for _, t in split_docs(stdlib_code(), "train")]
+          + [t for _, t in split_docs(stdlib_prose(), "train")])

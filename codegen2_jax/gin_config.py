@@ -1,0 +1,107 @@
+"""T5X-style command lines: repeatable `--gin_file=F` and `--gin.NAME=VALUE` overrides.
+
+    python -m codegen2_jax.train --gin_file=gin/runs/demo_cpu.gin --model_dir=/tmp/run \
+        --gin.TRAIN_STEPS=100 --gin.make_optimizer.weight_decay=0.0
+
+Gin files are looked up as given, then relative to the repository root, then under
+`gin/`. An override of a macro the files never define (`--gin.TRAIN_STEP=5`) or of an
+unknown configurable or parameter fails before any work, naming the binding.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Sequence
+
+import gin
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+GIN_DIR = REPO_ROOT / "gin"
+
+# Macros every run file defines (T5X convention); listed in the README.
+STANDARD_MACROS = ("TRAIN_STEPS", "BATCH_SIZE", "SEQ_LEN", "CHECKPOINT_EVERY", "LOG_EVERY",
+                   "SEED", "MIXTURE_OR_TASK_NAME")
+
+
+class GinConfigError(ValueError):
+  """A gin file or binding on the command line is wrong (the message says which)."""
+
+
+def split_argv(argv: Sequence[str]) -> tuple[list[str], list[str], list[str]]:
+  """Separates `--gin_file=F`, `--gin.X=Y` and the remaining arguments.
+
+  Returns (gin_files, bindings 'X=Y', other_args). Both `--flag=value` and
+  `--flag value` forms are accepted for --gin_file.
+  """
+  files, bindings, rest = [], [], []
+  args = list(argv)
+  i = 0
+  while i < len(args):
+    a = args[i]
+    if a.startswith("--gin_file="):
+      files.append(a.split("=", 1)[1])
+    elif a == "--gin_file" and i + 1 < len(args):
+      files.append(args[i + 1])
+      i += 1
+    elif a.startswith("--gin."):
+      if "=" not in a:
+        raise GinConfigError(f"gin override {a!r} has no value; write --gin.NAME=VALUE")
+      name, value = a[len("--gin."):].split("=", 1)
+      bindings.append(f"{name} = {value}")
+    else:
+      rest.append(a)
+    i += 1
+  return files, bindings, rest
+
+
+def resolve_gin_file(name: str) -> str:
+  """Path of a gin file given as-is, relative to the repo root, or under gin/."""
+  for candidate in (Path(name), REPO_ROOT / name, GIN_DIR / name):
+    if candidate.is_file():
+      return str(candidate)
+  raise GinConfigError(f"gin file {name!r} not found (looked in {os.getcwd()}, {REPO_ROOT} "
+                       f"and {GIN_DIR})")
+
+
+def _defined_macros() -> set[str]:
+  return {scope for (scope, selector) in gin.config._CONFIG if selector == "gin.macro"}
+
+
+def _known_configurables() -> list[str]:
+  return sorted({c.name for c in gin.config._REGISTRY.values()})
+
+
+def parse(gin_files: Sequence[str], bindings: Sequence[str]) -> None:
+  """Parses the files, then checks and applies the overrides (see module docstring)."""
+  gin.clear_config()
+  for path in (str(REPO_ROOT), str(GIN_DIR)):
+    if path not in gin.config._LOCATION_PREFIXES:
+      gin.add_config_file_search_path(path)
+  files = [resolve_gin_file(f) for f in gin_files]
+  try:
+    gin.parse_config_files_and_bindings(files, None)
+  except (ValueError, KeyError, IOError) as e:
+    raise GinConfigError(f"error in gin files {files}: {e}") from e
+  macros = _defined_macros()
+  for binding in bindings:
+    name = binding.split("=", 1)[0].strip()
+    if "." not in name and "/" not in name:  # a macro
+      if name not in macros:
+        close = difflib.get_close_matches(name, sorted(macros), n=3)
+        hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+        raise GinConfigError(f"unknown gin binding `{name}`: no gin file defines this "
+                             f"macro{hint} (defined: {', '.join(sorted(macros))})")
+    try:
+      gin.parse_config(binding)
+    except (ValueError, KeyError) as e:
+      configurable = name.rsplit(".", 1)[0]
+      close = difflib.get_close_matches(configurable, _known_configurables(), n=3)
+      hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+      raise GinConfigError(f"unknown gin binding `{name}`: {e}{hint}") from e
+
+
+def macro(name: str):
+  """Value of a macro defined by the parsed gin files."""
+  return gin.query_parameter(f"{name}/macro.value")

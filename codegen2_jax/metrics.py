@@ -1,0 +1,79 @@
+"""Training metrics: console progress lines, metrics.jsonl and TensorBoard event files."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _fmt_eta(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class MetricsWriter:
+  """Writes one record per logged step to `DIR/metrics.jsonl`, TensorBoard and the console.
+
+  Only process 0 writes files; every process may call it.
+  """
+
+  def __init__(self, model_dir: str | Path, total_steps: int, is_primary: bool = True):
+    self.total_steps = total_steps
+    self.is_primary = is_primary
+    self._jsonl = None
+    self._tb = None
+    if is_primary:
+      model_dir = Path(model_dir)
+      model_dir.mkdir(parents=True, exist_ok=True)
+      self._jsonl = open(model_dir / "metrics.jsonl", "a", encoding="utf-8")
+      import tensorflow as tf  # TensorBoard's writer; tf is already a data dependency
+      self._tb = tf.summary.create_file_writer(str(model_dir / "tensorboard"))
+
+  def write(self, step: int, metrics: dict[str, float], steps_per_s: float | None = None) -> None:
+    """Records `metrics` (scalars) at `step` and prints a progress line."""
+    record = {"step": int(step)}
+    record.update({k: float(np.asarray(v)) for k, v in metrics.items()})
+    if not self.is_primary:
+      return
+    self._jsonl.write(json.dumps(record) + "\n")
+    self._jsonl.flush()
+    import tensorflow as tf
+    with self._tb.as_default(step=int(step)):
+      for k, v in record.items():
+        if k != "step":
+          tf.summary.scalar(k, v)
+    self._tb.flush()
+    eta = (self.total_steps - step) / steps_per_s if steps_per_s else 0.0
+    parts = [f"step {step:>6d}/{self.total_steps}", f"loss {record['loss']:.4f}"]
+    if "learning_rate" in record:
+      parts.append(f"lr {record['learning_rate']:.2e}")
+    if "grad_norm" in record:
+      parts.append(f"gnorm {record['grad_norm']:.2f}")
+    if "tokens_per_s" in record:
+      parts.append(f"tok/s {record['tokens_per_s']:,.0f}")
+    parts.append(f"ETA {_fmt_eta(eta)}")
+    logging.info(" | ".join(parts))
+    print(" | ".join(parts), flush=True)
+
+  def close(self) -> None:
+    if self._jsonl:
+      self._jsonl.close()
+    if self._tb:
+      self._tb.close()
+
+
+class Throughput:
+  """Tokens/s and steps/s between two calls of `tick`."""
+
+  def __init__(self):
+    self._t = time.perf_counter()
+
+  def tick(self, tokens: float, steps: int) -> tuple[float, float]:
+    now = time.perf_counter()
+    dt = max(now - self._t, 1e-9)
+    self._t = now
+    return tokens / dt, steps / dt

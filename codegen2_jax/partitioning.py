@@ -1,0 +1,83 @@
+"""Device mesh and logical-axis sharding rules.
+
+Logical axes (fixed vocabulary): batch, length, embed, heads, kv, mlp, vocab, layers.
+The rules map each to a mesh axis of ('data', 'fsdp', 'tensor') or None (replicated).
+Default rules (FSDP + tensor parallel; on one device every axis has size 1):
+
+    batch  -> (data, fsdp)     activations and input batches
+    embed  -> fsdp             weights are sharded ZeRO-3 style over fsdp
+    heads  -> tensor           attention heads split for tensor parallelism
+    mlp    -> tensor
+    vocab  -> tensor
+    kv, length, layers -> replicated
+"""
+
+from __future__ import annotations
+
+import gin
+import jax
+import numpy as np
+from flax import linen as nn
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+LOGICAL_AXES = ("batch", "length", "embed", "heads", "kv", "mlp", "vocab", "layers")
+
+DEFAULT_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("mlp", "tensor"),
+    ("vocab", "tensor"),
+    ("kv", None),
+    ("length", None),
+    ("layers", None),
+)
+
+
+@gin.configurable
+def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> Mesh:
+  """A ('data', 'fsdp', 'tensor') mesh over all devices; one size may be -1 (the rest)."""
+  devices = list(jax.devices() if devices is None else devices)
+  shape = [data, fsdp, tensor]
+  if shape.count(-1) > 1:
+    raise ValueError(f"make_mesh: at most one of data/fsdp/tensor may be -1, got {shape}")
+  known = int(np.prod([s for s in shape if s != -1]))
+  if -1 in shape:
+    if len(devices) % known:
+      raise ValueError(f"make_mesh: {len(devices)} devices do not divide by {known}")
+    shape[shape.index(-1)] = len(devices) // known
+  if int(np.prod(shape)) != len(devices):
+    raise ValueError(f"mesh data={shape[0]} fsdp={shape[1]} tensor={shape[2]} needs "
+                     f"{int(np.prod(shape))} devices; {len(devices)} are present")
+  return Mesh(np.array(devices).reshape(shape), MESH_AXES)
+
+
+@gin.configurable
+def logical_axis_rules(rules=DEFAULT_RULES) -> tuple:
+  """The logical -> mesh axis rules (a gin setting); validates the names."""
+  for logical, mesh_axes in rules:
+    if logical not in LOGICAL_AXES:
+      raise ValueError(f"unknown logical axis {logical!r} in rules; known: {LOGICAL_AXES}")
+    for a in (mesh_axes if isinstance(mesh_axes, (tuple, list)) else (mesh_axes,)):
+      if a is not None and a not in MESH_AXES:
+        raise ValueError(f"unknown mesh axis {a!r} in rules; known: {MESH_AXES}")
+  return tuple(rules)
+
+
+def logical_to_sharding(logical: P | tuple, mesh: Mesh, rules) -> NamedSharding:
+  """Logical PartitionSpec -> NamedSharding on `mesh` under `rules`."""
+  return NamedSharding(mesh, nn.logical_to_mesh_axes(tuple(logical), rules))
+
+
+def state_shardings(state: nnx.State, mesh: Mesh, rules):
+  """NamedShardings for every variable of an nnx State (same tree structure)."""
+  specs = nnx.get_partition_spec(state)
+  return jax.tree.map(lambda s: logical_to_sharding(s, mesh, rules), specs,
+                      is_leaf=lambda x: isinstance(x, P))
+
+
+def batch_sharding(mesh: Mesh, rules) -> NamedSharding:
+  """Sharding of [batch, length] input arrays."""
+  return logical_to_sharding(("batch", "length"), mesh, rules)

@@ -1,0 +1,49 @@
+"""Pretraining entry point.
+
+    python -m codegen2_jax.train --gin_file=gin/runs/demo_cpu.gin --model_dir=DIR \\
+        [--gin_file=...] [--gin.NAME=VALUE ...]
+
+Gin-configured in the T5X way (see gin_config); the loop itself is `trainer.train`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+from codegen2_jax import gin_config
+
+
+def main(argv=None) -> int:
+  logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+  files, bindings, rest = gin_config.split_argv(sys.argv[1:] if argv is None else argv)
+  model_dir = None
+  for a in rest:
+    if a.startswith("--model_dir="):
+      model_dir = a.split("=", 1)[1]
+    else:
+      print(f"unknown argument {a!r}; usage: python -m codegen2_jax.train "
+            "--gin_file=F [--gin_file=...] --model_dir=DIR [--gin.NAME=VALUE ...]",
+            file=sys.stderr)
+      return 2
+  if not model_dir or not files:
+    print("--model_dir and at least one --gin_file are required", file=sys.stderr)
+    return 2
+  import tasks  # noqa: F401  register tasks before gin names them
+  from codegen2_jax import trainer  # noqa: F401  registers `train` with gin
+  try:
+    gin_config.parse(files, bindings)
+  except gin_config.GinConfigError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  t0 = time.time()
+  from codegen2_jax import trainer
+  summary = trainer.train(model_dir)
+  print(f"done in {time.time() - t0:.0f}s: first loss {summary['first_loss']:.3f}, "
+        f"last loss {summary['last_loss']:.3f}", flush=True)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

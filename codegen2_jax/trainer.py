@@ -1,0 +1,166 @@
+"""The pretraining loop behind `python -m codegen2_jax.train` (see train.py).
+
+The story: parse gin -> vocabulary -> mesh and model -> optimizer -> restore the latest
+checkpoint (if any) -> data from the saved position -> train loop (log, checkpoint, stop
+cleanly on SIGTERM) -> final checkpoint -> restore it and show a completion and an infill.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from pathlib import Path
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from codegen2_jax import checkpoints, decoding, metrics, optim, partitioning
+from codegen2_jax import train_step as ts
+from codegen2_jax.data import pipeline
+from codegen2_jax.models.codegen import CodeGen, ModelConfig, count_params
+
+
+def build_model(cfg: ModelConfig, seed: int, mesh, rules) -> CodeGen:
+  """A CodeGen model initialised directly into its shardings on `mesh`."""
+  abstract = nnx.eval_shape(lambda: CodeGen(cfg, nnx.Rngs(seed)))
+  shardings = partitioning.state_shardings(nnx.state(abstract), mesh, rules)
+
+  @jax.jit
+  def init():
+    model = CodeGen(cfg, nnx.Rngs(seed))
+    return jax.lax.with_sharding_constraint(nnx.state(model), shardings)
+
+  graphdef = nnx.graphdef(abstract)
+  return nnx.merge(graphdef, init())
+
+
+class _Preemption:
+  """Turns SIGTERM (TPU maintenance, Slurm, `kill`) into a flag the loop checks."""
+
+  def __init__(self):
+    self.requested = False
+    try:
+      signal.signal(signal.SIGTERM, self._handler)
+    except ValueError:  # not in the main thread (e.g. called from a test thread)
+      pass
+
+  def _handler(self, signum, frame):
+    logging.warning("SIGTERM received: saving a checkpoint and exiting")
+    self.requested = True
+
+
+def show_samples(model_dir: str, cfg: ModelConfig, vocab, prompt: str, infill_prefix: str,
+                 infill_suffix: str, max_new_tokens: int) -> dict[str, str]:
+  """Restores the last checkpoint's parameters and prints a completion and an infill."""
+  abstract = nnx.eval_shape(lambda: CodeGen(cfg, nnx.Rngs(0)))
+  graphdef, abstract_params = nnx.split(abstract, nnx.Param)
+  step, params = checkpoints.restore_params(Path(model_dir) / "checkpoints", abstract_params)
+  model = nnx.merge(graphdef, params)
+  completion = decoding.complete(model, vocab, prompt, max_new_tokens)
+  middle = decoding.infill(model, vocab, infill_prefix, infill_suffix, max_new_tokens)
+  print(f"\n=== completion (checkpoint step {step}) ===\n{prompt}\033[1m{completion}\033[0m")
+  print(f"\n=== infill (CodeGen2 format) ===\n{infill_prefix}\033[1m{middle}\033[0m"
+        f"{infill_suffix}", flush=True)
+  return {"completion": completion, "infill": middle}
+
+
+@gin.configurable(denylist=["model_dir"])
+def train(model_dir: str, *, mixture_or_task_name: str = gin.REQUIRED,
+          train_steps: int = gin.REQUIRED, batch_size: int = gin.REQUIRED,
+          seq_len: int = gin.REQUIRED, checkpoint_every: int = 1000, log_every: int = 50,
+          seed: int = 0, sample_prompt: str = "def fibonacci(n):\n",
+          infill_prefix: str = "def add(a, b):\n    ", infill_suffix: str = "\n",
+          sample_tokens: int = 48, show_samples_at_end: bool = True) -> dict:
+  """Trains for `train_steps` steps (resuming from the latest checkpoint in model_dir).
+
+  Returns a summary dict: first and last logged loss, steps run, and the samples.
+  """
+  import tasks  # noqa: F401  (registers the stock tasks and mixtures)
+  import seqio
+
+  model_dir = str(Path(model_dir).absolute())
+  Path(model_dir).mkdir(parents=True, exist_ok=True)
+  primary = jax.process_index() == 0
+
+  # Vocabulary: trained and cached once (a few seconds on the embedded corpus).
+  vocab = seqio.get_mixture_or_task(mixture_or_task_name).output_features["targets"].vocabulary
+  if hasattr(vocab, "ensure_trained"):
+    vocab.ensure_trained()
+  cfg = ModelConfig()
+  if vocab.vocab_size > cfg.vocab_size:
+    raise ValueError(f"the vocabulary has {vocab.vocab_size} pieces but ModelConfig.vocab_size "
+                     f"is {cfg.vocab_size}; set ModelConfig.vocab_size >= {vocab.vocab_size}")
+
+  # Mesh, model and optimizer, sharded by the logical axis rules.
+  mesh = partitioning.make_mesh()
+  rules = partitioning.logical_axis_rules()
+  model = build_model(cfg, seed, mesh, rules)
+  graphdef, params = nnx.split(model, nnx.Param)
+  logging.info("model: %.2fM parameters, mesh %s", count_params(model) / 1e6, dict(mesh.shape))
+  schedule = optim.learning_rate_schedule(total_steps=train_steps)
+  tx = optim.make_optimizer(schedule)
+  state = jax.jit(lambda p: ts.init_state(p, tx))(params)
+  state_shardings = jax.tree.map(lambda x: x.sharding, state)
+
+  # Resume from the latest checkpoint, with the data position saved beside it.
+  manager = checkpoints.make_manager(Path(model_dir) / "checkpoints")
+  data_position = {"batches": 0}
+  if manager.latest_step() is not None:
+    _, state, data_position = checkpoints.restore(manager, state)
+  start = int(state["step"])
+
+  ds = pipeline.host_dataset(mixture_or_task_name, seq_len, batch_size, seed=seed)
+  data = pipeline.batches(ds, skip=data_position["batches"])
+  batch_sharding = partitioning.batch_sharding(mesh, rules)
+
+  step_fn = jax.jit(ts.make_train_step(graphdef, tx, schedule), donate_argnums=0,
+                    out_shardings=(state_shardings, None))
+  writer = metrics.MetricsWriter(model_dir, train_steps, is_primary=primary)
+  preempt = _Preemption()
+  clock = metrics.Throughput()
+  first_loss = last_loss = None
+  tokens_since = 0.0
+  steps_since = 0
+  step = start
+  print(f"training {mixture_or_task_name}: steps {start}..{train_steps}, batch {batch_size} "
+        f"x {seq_len} tokens, {count_params(model) / 1e6:.2f}M parameters", flush=True)
+  while step < train_steps:
+    local = next(data)
+    batch = {k: jax.make_array_from_process_local_data(batch_sharding, v)
+             for k, v in local.items()}
+    state, m = step_fn(state, batch)
+    step += 1
+    data_position["batches"] += 1
+    steps_since += 1
+    tokens_since += float(local["segment_ids"].astype(bool).sum()) * jax.process_count()
+    if step == start + 1 and primary:
+      (Path(model_dir) / "config.gin").write_text(gin.operative_config_str())
+    if step % log_every == 0 or step == train_steps or step == start + 1:
+      m = jax.device_get(m)
+      if not np.isfinite(m["loss"]):
+        raise FloatingPointError(f"loss is {m['loss']} at step {step}; stopping "
+                                 f"(last checkpoint: {manager.latest_step()})")
+      tok_s, steps_s = clock.tick(tokens_since, steps_since)
+      tokens_since, steps_since = 0.0, 0
+      m["tokens_per_s"] = tok_s
+      writer.write(step, m, steps_s)
+      first_loss = float(m["loss"]) if first_loss is None else first_loss
+      last_loss = float(m["loss"])
+    if step % checkpoint_every == 0 or step == train_steps or preempt.requested:
+      checkpoints.save(manager, step, state, data_position, force=preempt.requested)
+    if preempt.requested:
+      break
+  manager.wait_until_finished()
+  manager.close()
+  writer.close()
+  if primary and not (Path(model_dir) / "config.gin").exists():
+    (Path(model_dir) / "config.gin").write_text(gin.config_str())
+  summary = {"first_loss": first_loss, "last_loss": last_loss, "steps": step - start,
+             "final_step": step, "preempted": preempt.requested}
+  if show_samples_at_end and not preempt.requested:
+    summary.update(show_samples(model_dir, cfg, vocab, sample_prompt, infill_prefix,
+                                infill_suffix, sample_tokens))
+  return summary
