@@ -70,18 +70,37 @@ def _defined_macros() -> set[str]:
 
 
 def _known_configurables() -> list[str]:
-  return sorted({c.name for c in gin.config._REGISTRY.values()})
+  return sorted({selector.rsplit(".", 1)[-1] for selector, _ in gin.config._REGISTRY.items()})
+
+
+def _suggest(name: str) -> str:
+  """'; did you mean ...?' for a misspelt configurable or parameter name, or ''."""
+  configurable, _, param = name.rpartition(".")
+  found = gin.config._REGISTRY.get_match(configurable) if configurable else None
+  if found is None:
+    options, wanted = _known_configurables(), configurable
+  else:
+    import inspect
+    try:
+      options = list(inspect.signature(found.wrapped).parameters)
+    except (TypeError, ValueError):
+      options = []
+    wanted = param
+  close = difflib.get_close_matches(wanted, options, n=3)
+  return f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
 
 
 def parse(gin_files: Sequence[str], bindings: Sequence[str]) -> None:
   """Parses the files, then checks and applies the overrides (see module docstring)."""
-  gin.clear_config()
-  for path in (str(REPO_ROOT), str(GIN_DIR)):
-    if path not in gin.config._LOCATION_PREFIXES:
-      gin.add_config_file_search_path(path)
+  with gin.unlock_config():
+    gin.clear_config()
+  # Includes are written from the repository root ('gin/models/small.gin'); try it first
+  # (a miss on each prefix is logged by gin as an error).
+  if str(REPO_ROOT) not in gin.config._LOCATION_PREFIXES:
+    gin.config._LOCATION_PREFIXES.insert(0, str(REPO_ROOT))
   files = [resolve_gin_file(f) for f in gin_files]
   try:
-    gin.parse_config_files_and_bindings(files, None)
+    gin.parse_config_files_and_bindings(files, None, finalize_config=False)
   except (ValueError, KeyError, IOError) as e:
     raise GinConfigError(f"error in gin files {files}: {e}") from e
   macros = _defined_macros()
@@ -96,10 +115,9 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str]) -> None:
     try:
       gin.parse_config(binding)
     except (ValueError, KeyError) as e:
-      configurable = name.rsplit(".", 1)[0]
-      close = difflib.get_close_matches(configurable, _known_configurables(), n=3)
-      hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
-      raise GinConfigError(f"unknown gin binding `{name}`: {e}{hint}") from e
+      first_line = str(e).strip().splitlines()[0]
+      raise GinConfigError(f"unknown gin binding `{name}`: {first_line}{_suggest(name)}"
+                           ) from e
 
 
 def macro(name: str):

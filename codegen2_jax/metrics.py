@@ -66,6 +66,22 @@ class MetricsWriter:
       self._tb.close()
 
 
+def reduce_window(steps: list[dict]) -> dict[str, float]:
+  """Combines the per-step metrics of a log window: token counts are summed, per-objective
+  losses weighted by their token counts (`loss/X` by `tokens/X`), the rest averaged."""
+  out = {}
+  for k in steps[0]:
+    vals = np.array([float(s[k]) for s in steps])
+    if k.startswith("tokens") or k == "loss_tokens":
+      out[k] = float(vals.sum())
+    elif k.startswith("loss/"):
+      w = np.array([float(s["tokens/" + k[len("loss/"):]]) for s in steps])
+      out[k] = float((vals * w).sum() / max(w.sum(), 1.0))
+    else:
+      out[k] = float(vals.mean())
+  return out
+
+
 class Throughput:
   """Tokens/s and steps/s between two calls of `tick`."""
 

@@ -38,10 +38,12 @@ def main(argv=None) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
   t0 = time.time()
-  from codegen2_jax import trainer
   summary = trainer.train(model_dir)
-  print(f"done in {time.time() - t0:.0f}s: first loss {summary['first_loss']:.3f}, "
-        f"last loss {summary['last_loss']:.3f}", flush=True)
+  if summary["first_loss"] is None:
+    print(f"nothing to do: {model_dir} already holds step {summary['final_step']}", flush=True)
+  else:
+    print(f"done in {time.time() - t0:.0f}s: first loss {summary['first_loss']:.3f}, "
+          f"last loss {summary['last_loss']:.3f}", flush=True)
   return 0
 
 

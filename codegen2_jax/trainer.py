@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 from pathlib import Path
 
 import gin
@@ -61,8 +62,10 @@ def show_samples(model_dir: str, cfg: ModelConfig, vocab, prompt: str, infill_pr
   model = nnx.merge(graphdef, params)
   completion = decoding.complete(model, vocab, prompt, max_new_tokens)
   middle = decoding.infill(model, vocab, infill_prefix, infill_suffix, max_new_tokens)
-  print(f"\n=== completion (checkpoint step {step}) ===\n{prompt}\033[1m{completion}\033[0m")
-  print(f"\n=== infill (CodeGen2 format) ===\n{infill_prefix}\033[1m{middle}\033[0m"
+  # Generated text in bold on a terminal, between ⟦ ⟧ elsewhere.
+  on, off = ("\033[1m", "\033[0m") if sys.stdout.isatty() else ("⟦", "⟧")
+  print(f"\n=== completion (checkpoint step {step}) ===\n{prompt}{on}{completion}{off}")
+  print(f"\n=== infill (CodeGen2 format) ===\n{infill_prefix}{on}{middle}{off}"
         f"{infill_suffix}", flush=True)
   return {"completion": completion, "infill": middle}
 
@@ -122,6 +125,7 @@ def train(model_dir: str, *, mixture_or_task_name: str = gin.REQUIRED,
   preempt = _Preemption()
   clock = metrics.Throughput()
   first_loss = last_loss = None
+  window = []
   tokens_since = 0.0
   steps_since = 0
   step = start
@@ -132,6 +136,7 @@ def train(model_dir: str, *, mixture_or_task_name: str = gin.REQUIRED,
     batch = {k: jax.make_array_from_process_local_data(batch_sharding, v)
              for k, v in local.items()}
     state, m = step_fn(state, batch)
+    window.append(m)
     step += 1
     data_position["batches"] += 1
     steps_since += 1
@@ -139,7 +144,9 @@ def train(model_dir: str, *, mixture_or_task_name: str = gin.REQUIRED,
     if step == start + 1 and primary:
       (Path(model_dir) / "config.gin").write_text(gin.operative_config_str())
     if step % log_every == 0 or step == train_steps or step == start + 1:
-      m = jax.device_get(m)
+      # Log the mean over the window since the last line (T5X style), not one noisy step.
+      m = metrics.reduce_window(jax.device_get(window))
+      window = []
       if not np.isfinite(m["loss"]):
         raise FloatingPointError(f"loss is {m['loss']} at step {step}; stopping "
                                  f"(last checkpoint: {manager.latest_step()})")

@@ -58,7 +58,7 @@ class CodeGenFeatureConverter(seqio.FeatureConverter):
                                                     bos_id=self.bos_id)
     real = tf.cast(seg > 0, tf.int32)
     return {
-        "inputs": inputs,
+        "inputs": inputs * real,
         "targets": targets,
         "loss_weights": features["loss_weights"] * real,
         "prefix": features["prefix"] * real,

@@ -36,10 +36,15 @@ CAUSAL_LM, SPAN_CORRUPTION, T5_SPAN_CORRUPTION, PREFIX_LM, PSM_INFILL = range(5)
 OBJECTIVE_NAMES = ("causal_lm", "span_corruption", "t5_span_corruption", "prefix_lm",
                    "psm_infill")
 
-# Extra tokens span corruption may add: a sentinel and <eom> per span, then <|endoftext|> <sep>.
+
 def span_corruption_overhead(max_spans: int) -> int:
-  """Upper bound on tokens file-level span corruption adds to a document."""
-  return 2 * max_spans + 2
+  """Upper bound on the tokens file-level span corruption adds to a document.
+
+  Each span (>= 1 token) leaves a sentinel in the document and adds a sentinel and <eom>
+  after it n - noise + k in the
+  document, 2 for <|endoftext|> <sep>, noise + 2k after it, so n + 3k + 2 in all.
+  """
+  return 3 * max_spans + 2
 
 
 def _example(tokens, loss_weights, prefix, objective: int | tf.Tensor):
@@ -192,13 +197,17 @@ def causal_lm(ex):
 
 
 @gin.configurable(module="objectives")
-@seqio.map_over_dataset(num_seeds=2)
-def codegen2_mixture(ex, seeds, causal_prob: float = 0.5):
+def codegen2_mixture(dataset: tf.data.Dataset, causal_prob: float = 0.5) -> tf.data.Dataset:
   """seqio preprocessor: per sequence, causal LM with probability `causal_prob`, else
   file-level span corruption (the paper's final recipe, 50/50 by default)."""
-  tokens = ex["targets"]
-  use_causal = tf.random.stateless_uniform([], seed=seeds[0]) < causal_prob
-  out = tf.cond(use_causal, lambda: causal_lm_example(tokens),
-                lambda: span_corruption_example(tokens, seeds[1]))
-  out["source"] = ex["source"]
-  return out
+
+  @seqio.map_over_dataset(num_seeds=2)
+  def choose(ex, seeds):
+    tokens = ex["targets"]
+    use_causal = tf.random.stateless_uniform([], seed=seeds[0]) < causal_prob
+    out = tf.cond(use_causal, lambda: causal_lm_example(tokens),
+                  lambda: span_corruption_example(tokens, seeds[1]))
+    out["source"] = ex["source"]
+    return out
+
+  return choose(dataset)

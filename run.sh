@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The two commands of the README:
+#   ./run.sh demo [MODEL_DIR]   train the CPU demo on the embedded corpus, then sample from it
+#   ./run.sh test [PYTEST ARGS] run the test suite
+# Each creates .venv on first use (Python 3.11 + pip are all it needs), reinstalls only when
+# setup.py changes, and is safe to rerun.
+set -euo pipefail
+cd "$(dirname "$0")"
+PYTHON="${PYTHON:-python3}"
+VENV=.venv
+STAMP="$VENV/.installed-$(sha1sum setup.py | cut -c1-12)"
+
+if [[ ! -f "$STAMP" ]]; then
+  echo "[run.sh] installing into $VENV (about a minute, once)" >&2
+  [[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
+  "$VENV/bin/python" -m pip install -q -e ".[test]"
+  rm -f "$VENV"/.installed-*
+  touch "$STAMP"
+fi
+
+export JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}"
+cmd="${1:-}"
+shift || true
+case "$cmd" in
+  demo)
+    dir="${1:-runs/demo-$(date +%Y%m%d-%H%M%S)}"
+    echo "[run.sh] model_dir: $dir" >&2
+    exec "$VENV/bin/python" -m codegen2_jax.train --gin_file=gin/runs/demo_cpu.gin \
+      --model_dir="$dir"
+    ;;
+  test)
+    exec "$VENV/bin/python" -m pytest -q "$@" tests
+    ;;
+  *)
+    echo "usage: ./run.sh demo [MODEL_DIR] | ./run.sh test [pytest args]" >&2
+    exit 2
+    ;;
+esac

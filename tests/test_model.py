@@ -1,0 +1,135 @@
+"""Model: shapes, parameter counts, masks (causal, packed, padding, prefix), KV cache."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from codegen2_jax.models import attention
+from codegen2_jax.models.codegen import CodeGen, ModelConfig, count_params, init_cache
+
+
+def tiny(**kw):
+  base = dict(vocab_size=97, d_model=32, n_layers=2, n_heads=4, head_dim=8, rotary_dim=4,
+              d_ff=64, max_len=64)
+  base.update(kw)
+  cfg = ModelConfig(**base)
+  return CodeGen(cfg, nnx.Rngs(0)), cfg
+
+
+def tokens(b, n, seed=0):
+  return jnp.asarray(np.random.RandomState(seed).randint(5, 97, (b, n)), jnp.int32)
+
+
+def test_shapes_and_dtype():
+  model, cfg = tiny()
+  logits = model(tokens(3, 11))
+  assert logits.shape == (3, 11, cfg.vocab_size) and logits.dtype == jnp.float32
+  bf, _ = tiny(dtype="bfloat16")
+  assert bf(tokens(1, 5)).dtype == jnp.float32
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(nnx.state(bf, nnx.Param)))
+
+
+@pytest.mark.parametrize("name,expected", [("1b", 1.02e9), ("3_7b", 3.64e9), ("7b", 6.86e9)])
+def test_paper_size_parameter_counts(name, expected):
+  sizes = {"1b": (2048, 16, 16, 128, 8192), "3_7b": (4096, 16, 16, 256, 16384),
+           "7b": (4096, 32, 16, 256, 16384)}
+  d, n, h, hd, f = sizes[name]
+  cfg = ModelConfig(vocab_size=51200, d_model=d, n_layers=n, n_heads=h, head_dim=hd, d_ff=f)
+  count = count_params(nnx.eval_shape(lambda: CodeGen(cfg, nnx.Rngs(0))))
+  assert abs(count - expected) / expected < 0.01
+
+
+def test_every_parameter_has_logical_axes():
+  model, _ = tiny()
+  specs = nnx.get_partition_spec(nnx.state(model, nnx.Param))
+  for path, spec in jax.tree_util.tree_leaves_with_path(
+      specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec)):
+    assert len(spec) >= 1, path
+
+
+def test_causal_mask_future_tokens_never_change_the_past():
+  model, _ = tiny()
+  a = tokens(1, 16)
+  b = a.at[0, 10].set((a[0, 10] + 1) % 97)
+  la, lb = model(a), model(b)
+  np.testing.assert_allclose(la[0, :10], lb[0, :10], atol=1e-6)
+  assert not np.allclose(la[0, 10:], lb[0, 10:])
+
+
+def test_packed_segments_and_padding_are_independent():
+  model, _ = tiny()
+  seg = jnp.array([[1] * 6 + [2] * 7 + [0] * 3])
+  pos = jnp.array([list(range(6)) + list(range(7)) + [0] * 3])
+  a = tokens(1, 16)
+  b = a.at[0, 2].set(3).at[0, 14].set(4)  # change segment 1 and the padding
+  la, lb = model(a, seg, pos), model(b, seg, pos)
+  np.testing.assert_allclose(la[0, 6:13], lb[0, 6:13], atol=1e-6)  # segment 2 unchanged
+  # a segment packed at offset 6 equals the same tokens alone at offset 0
+  alone = model(a[:, 6:13])
+  np.testing.assert_allclose(la[0, 6:13], alone[0], atol=1e-5)
+
+
+def test_prefix_lm_mask():
+  model, _ = tiny(attention="prefix_lm")
+  prefix = jnp.array([[1] * 5 + [0] * 7])
+  a = tokens(1, 12)
+  b = a.at[0, 3].set((a[0, 3] + 1) % 97)  # inside the prefix
+  la, lb = model(a, prefix=prefix), model(b, prefix=prefix)
+  assert not np.allclose(la[0, :3], lb[0, :3])  # earlier prefix positions see it
+  c = a.at[0, 8].set((a[0, 8] + 1) % 97)  # after the prefix
+  lc = model(c, prefix=prefix)
+  np.testing.assert_allclose(la[0, :8], lc[0, :8], atol=1e-6)
+
+
+def test_training_mask_literal():
+  m = attention.training_mask(jnp.array([[1, 1, 1, 2, 2, 0]]), jnp.array([[1, 1, 0, 0, 0, 0]]))
+  assert m[0, 0].astype(int).tolist() == [
+      [1, 1, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0],
+      [0, 0, 0, 1, 0, 0], [0, 0, 0, 1, 1, 0], [0, 0, 0, 0, 0, 0]]
+
+
+@pytest.mark.parametrize("attention_kind", ["causal", "prefix_lm"])
+def test_kv_cache_decoding_matches_full_forward(attention_kind):
+  model, cfg = tiny(attention=attention_kind)
+  toks = tokens(2, 12)
+  n_prompt = 5
+  prefix = jnp.broadcast_to(jnp.arange(12) < n_prompt, (2, 12)).astype(jnp.int32)
+  full = model(toks, prefix=prefix)
+  cache = init_cache(cfg, 2, 16)
+  pos = jnp.broadcast_to(jnp.arange(n_prompt), (2, n_prompt))
+  first, cache = model.decode(toks[:, :n_prompt], pos, cache,
+                              prefix_len=jnp.full((2,), n_prompt))
+  outs = [first]
+  for t in range(n_prompt, 12):
+    step, cache = model.decode(toks[:, t:t + 1], jnp.full((2, 1), t), cache)
+    outs.append(step)
+  np.testing.assert_allclose(jnp.concatenate(outs, 1), full, atol=1e-5)
+
+
+def test_greedy_generate_matches_argmax_of_full_forward():
+  from codegen2_jax import decoding
+  model, _ = tiny()
+  prompts = [[5, 6, 7], [8, 9, 10, 11, 12, 13, 14]]
+  outs = decoding.generate(model, prompts, max_new_tokens=6, stop_ids=())
+  for prompt, out in zip(prompts, outs):
+    seq = list(prompt)
+    for _ in range(6):
+      seq.append(int(model(jnp.array([seq]))[0, -1].argmax()))
+    assert out == seq[len(prompt):]
+
+
+def test_bad_config_is_refused():
+  with pytest.raises(ValueError, match="attention"):
+    ModelConfig(attention="bidirectional")
+  with pytest.raises(ValueError, match="rotary_dim"):
+    ModelConfig(head_dim=8, rotary_dim=16)
+
+
+def test_infill_prompt_format(vocab):
+  from codegen2_jax import decoding
+  from codegen2_jax.data import vocab as V
+  ids = decoding.infill_prompt(vocab, "def f(", "):\n")
+  assert vocab.decode_visible(ids) == "<|endoftext|>def f(<mask_1>):\n<|endoftext|><sep><mask_1>"
+  assert ids[-3:] == [V.EOS_ID, V.SEP_ID, V.mask_id(1)]

@@ -1,0 +1,109 @@
+"""Objective formats: causal LM, file-level span corruption, the 50/50 mixture."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from codegen2_jax.data import objectives as O
+from codegen2_jax.data import vocab as V
+
+
+def reinsert(targets):
+  """Puts every span back at its sentinel; returns (document, sentinels in order)."""
+  targets = list(targets)
+  sep = targets.index(V.SEP_ID)
+  assert targets[sep - 1] == V.EOS_ID
+  body, tail = targets[: sep - 1], targets[sep + 1:]
+  spans, order, i = {}, [], 0
+  while i < len(tail):
+    sentinel = tail[i]
+    assert V.FIRST_MASK_ID <= sentinel < V.FIRST_MASK_ID + V.NUM_SENTINELS
+    end = tail.index(V.EOM_ID, i + 1)  # <eom> closes every span
+    spans[sentinel] = tail[i + 1:end]
+    order.append(sentinel)
+    i = end + 1
+  doc = []
+  body_sentinels = []
+  for t in body:
+    if t in spans:
+      body_sentinels.append(t)
+      doc.extend(spans[t])
+    else:
+      doc.append(t)
+  assert body_sentinels == order
+  return doc, order
+
+
+def test_causal_lm_format():
+  ex = O.causal_lm_example(tf.constant([7, 8, 9]))
+  assert ex["targets"].numpy().tolist() == [7, 8, 9, V.EOS_ID]
+  assert ex["loss_weights"].numpy().tolist() == [1, 1, 1, 1]
+  assert set(ex["objective"].numpy().tolist()) == {O.CAUSAL_LM}
+
+
+def test_corrupt_spans_literal_example():
+  tokens = tf.constant([10, 11, 12, 13, 14, 15, 16, 17])
+  noise = tf.constant(np.array([0, 0, 1, 1, 0, 0, 1, 0], bool))
+  targets, weights = O.corrupt_spans(tokens, noise, loss_on_document=False)
+  m1, m2 = V.mask_id(1), V.mask_id(2)
+  assert targets.numpy().tolist() == [10, 11, m1, 14, 15, m2, 17, V.EOS_ID, V.SEP_ID,
+                                      m1, 12, 13, V.EOM_ID, m2, 16, V.EOM_ID]
+  assert weights.numpy().tolist() == [0] * 9 + [1] * 7
+
+
+@pytest.mark.parametrize("n", [2, 3, 7, 50, 500])
+def test_span_corruption_reinserts_exactly(n):
+  rng = np.random.RandomState(n)
+  for s in range(40):
+    doc = rng.randint(100, 8000, size=n).tolist()
+    ex = O.span_corruption_example(tf.constant(doc), tf.constant([s, n]))
+    targets = ex["targets"].numpy().tolist()
+    got, order = reinsert(targets)
+    assert got == doc
+    assert order == [V.mask_id(k) for k in range(1, len(order) + 1)]  # numbered in order
+    assert 1 <= len(order) <= 16
+    assert len(targets) <= n + O.span_corruption_overhead(16)
+    assert set(ex["objective"].numpy().tolist()) == {O.SPAN_CORRUPTION}
+
+
+def test_span_corruption_is_deterministic_per_seed():
+  doc = tf.range(100, 400)
+  a = O.span_corruption_example(doc, tf.constant([1, 2]))["targets"].numpy()
+  b = O.span_corruption_example(doc, tf.constant([1, 2]))["targets"].numpy()
+  c = O.span_corruption_example(doc, tf.constant([3, 4]))["targets"].numpy()
+  assert a.tolist() == b.tolist()
+  assert a.tolist() != c.tolist()
+
+
+def test_one_token_document_falls_back_to_causal():
+  ex = O.span_corruption_example(tf.constant([42]), tf.constant([0, 0]))
+  assert ex["targets"].numpy().tolist() == [42, V.EOS_ID]
+
+
+def _task_examples(name, n, seq_len=256):
+  import seqio
+  import tasks  # noqa: F401
+  task = seqio.get_mixture_or_task(name)
+  ds = task.get_dataset({"targets": seq_len}, split="validation", shuffle=False, seed=0)
+  return list(ds.take(n).as_numpy_iterator())
+
+
+def test_stdlib_task_span_corruption_round_trips_text(vocab):
+  from codegen2_jax.data import sources
+  docs = dict(sources.split_docs(sources.stdlib_code(), "validation"))
+  span_examples = 0
+  for ex in _task_examples("stdlib_code", 60):
+    if ex["objective"][0] != O.SPAN_CORRUPTION:
+      continue
+    span_examples += 1
+    doc_ids, _ = reinsert(ex["targets"].tolist())
+    text = vocab.decode(doc_ids)
+    assert text in docs[ex["source"].decode()]  # a chunk of the original file, byte-exact
+  assert span_examples >= 10
+
+
+def test_mixture_objective_frequencies_match_probability(vocab):
+  exs = _task_examples("stdlib_code", 400)
+  frac = np.mean([ex["objective"][0] == O.CAUSAL_LM for ex in exs])
+  # 0.5 +- 4 standard errors (sd of a fraction over 400 draws is 0.025)
+  assert abs(frac - 0.5) < 0.1, frac
