@@ -63,3 +63,14 @@ def test_restore_params_and_sample(trained):
   model = nnx.merge(graphdef, params)
   text = decoding.complete(model, tasks.stdlib.VOCAB, "import os\n", max_new_tokens=5)
   assert isinstance(text, str)
+
+
+def test_sample_entry_point(trained, capsys):
+  from codegen2_jax import sample
+  assert sample.main([f"--checkpoint_dir={trained}", "--prompt_ids=2,10,11",
+                      "--max_new_tokens=4", "--print_ids"]) == 0
+  ids = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert isinstance(ids, list) and 1 <= len(ids) <= 4
+  assert sample.main([f"--checkpoint_dir={trained}", "--prompt=def f(", "--suffix=):",
+                      "--max_new_tokens=4"]) == 0
+  assert sample.main([f"--checkpoint_dir={trained / 'nope'}", "--prompt=x"]) == 2
