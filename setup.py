@@ -22,10 +22,12 @@ setup(
         "gin-config>=0.5.0",
         "numpy>=1.26",
         "tensorboard>=2.16",
+        "safetensors>=0.4",
     ],
     extras_require={
         # torch is pinned exactly: a looser range downloads a multi-GB CUDA build.
-        "test": ["pytest>=8", "pytest-timeout>=2.3"],
+        # transformers + torch are the reference implementation in the parity tests.
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "torch==2.13.0", "transformers>=5.0"],
         "tpu": ["jax[tpu]>=0.4.35"],
         "gpu": ["jax[cuda12]>=0.4.35"],
     },
