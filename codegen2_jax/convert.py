@@ -8,7 +8,8 @@ its rows read as `reshape(mp_num, 3, d // mp_num, d)` with each shard ordered [q
 and the output features of q (and k, v) numbered shard-first. CodeGen2-1B and -3.7B were
 trained with mp_num 8, the others 4; the `transformers` class reads mp_num 4, so
 `orbax-to-hf` writes 4 unless told otherwise. Our parameters are stored unfused:
-q/k/v [d, heads, head_dim], out [heads, head_dim, d], and [in, out] matrices.
+q/k/v [d, heads, head_dim], out [heads, head_dim, d], and [in, out] matrices, each
+stacked over layers on a leading axis.
 
 hf-to-orbax writes `O/checkpoints/0` (parameters only, restorable by `sample` and `eval`)
 and `O/config.gin` with the model shape. orbax-to-hf writes `config.json` and
@@ -133,25 +134,26 @@ def params_from_hf(weights: dict[str, np.ndarray], cfg: ModelConfig, mp_num: int
   d, h, hd, f, vocab = cfg.d_model, cfg.n_heads, cfg.head_dim, cfg.d_ff, cfg.vocab_size
   if d % mp_num:
     raise ConversionError(f"mp_num {mp_num} does not divide the model width {d}")
-  blocks = {}
+  layers = []
   for i in range(cfg.n_layers):
     p = f"transformer.h.{i}."
     q, k, v = unfuse_qkv(_take(weights, p + "attn.qkv_proj.weight", (3 * d, d)), mp_num)
-    blocks[i] = {
-        "ln": {"scale": _take(weights, p + "ln_1.weight", (d,)),
-               "bias": _take(weights, p + "ln_1.bias", (d,))},
+    layers.append({
+        "ln_scale": _take(weights, p + "ln_1.weight", (d,)),
+        "ln_bias": _take(weights, p + "ln_1.bias", (d,)),
         "q": q.T.reshape(d, h, hd), "k": k.T.reshape(d, h, hd), "v": v.T.reshape(d, h, hd),
         "out": _take(weights, p + "attn.out_proj.weight", (d, d)).T.reshape(h, hd, d),
         "fc_in": _take(weights, p + "mlp.fc_in.weight", (f, d)).T,
         "fc_in_bias": _take(weights, p + "mlp.fc_in.bias", (f,)),
         "fc_out": _take(weights, p + "mlp.fc_out.weight", (d, f)).T,
         "fc_out_bias": _take(weights, p + "mlp.fc_out.bias", (d,)),
-    }
+    })
   params = {
       "embed": _take(weights, "transformer.wte.weight", (vocab, d)),
-      "blocks": blocks,
-      "ln_f": {"scale": _take(weights, "transformer.ln_f.weight", (d,)),
-               "bias": _take(weights, "transformer.ln_f.bias", (d,))},
+      # our layers are stacked on a leading axis (see models.codegen)
+      "blocks": {name: np.stack([layer[name] for layer in layers]) for name in layers[0]},
+      "ln_f_scale": _take(weights, "transformer.ln_f.weight", (d,)),
+      "ln_f_bias": _take(weights, "transformer.ln_f.bias", (d,)),
       "lm_head": _take(weights, "lm_head.weight", (vocab, d)).T,
       "lm_head_bias": _take(weights, "lm_head.bias", (vocab,)),
   }
@@ -169,16 +171,16 @@ def params_to_hf(params: dict, cfg: ModelConfig, mp_num: int = 4) -> dict[str, n
   d = cfg.d_model
   a = lambda x: np.ascontiguousarray(np.asarray(x, np.float32))  # noqa: E731
   out = {"transformer.wte.weight": a(params["embed"]),
-         "transformer.ln_f.weight": a(params["ln_f"]["scale"]),
-         "transformer.ln_f.bias": a(params["ln_f"]["bias"]),
+         "transformer.ln_f.weight": a(params["ln_f_scale"]),
+         "transformer.ln_f.bias": a(params["ln_f_bias"]),
          "lm_head.weight": a(np.asarray(params["lm_head"]).T),
          "lm_head.bias": a(params["lm_head_bias"])}
   for i in range(cfg.n_layers):
-    b = params["blocks"][i]
+    b = {name: np.asarray(x)[i] for name, x in params["blocks"].items()}
     p = f"transformer.h.{i}."
     flat = lambda w: np.asarray(w).reshape(d, d).T  # noqa: E731  [d_in, H, hd] -> [out, in]
-    out[p + "ln_1.weight"] = a(b["ln"]["scale"])
-    out[p + "ln_1.bias"] = a(b["ln"]["bias"])
+    out[p + "ln_1.weight"] = a(b["ln_scale"])
+    out[p + "ln_1.bias"] = a(b["ln_bias"])
     out[p + "attn.qkv_proj.weight"] = a(fuse_qkv(flat(b["q"]), flat(b["k"]), flat(b["v"]),
                                                  mp_num))
     out[p + "attn.out_proj.weight"] = a(np.asarray(b["out"]).reshape(d, d).T)

@@ -14,6 +14,9 @@ Default rules (FSDP + tensor parallel; on one device every axis has size 1):
 
 from __future__ import annotations
 
+import contextlib
+import threading
+
 import gin
 import jax
 import numpy as np
@@ -81,3 +84,26 @@ def state_shardings(state: nnx.State, mesh: Mesh, rules):
 def batch_sharding(mesh: Mesh, rules) -> NamedSharding:
   """Sharding of [batch, length] input arrays."""
   return logical_to_sharding(("batch", "length"), mesh, rules)
+
+
+_ACTIVE = threading.local()
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh: Mesh, rules):
+  """Within this context (at trace time), `constrain` pins activations to the mesh."""
+  previous = getattr(_ACTIVE, "value", None)
+  _ACTIVE.value = (mesh, rules)
+  try:
+    yield
+  finally:
+    _ACTIVE.value = previous
+
+
+def constrain(x: jax.Array, logical_axes: tuple[str, ...]) -> jax.Array:
+  """with_sharding_constraint by logical axis names; a no-op outside activation_sharding."""
+  active = getattr(_ACTIVE, "value", None)
+  if active is None:
+    return x
+  mesh, rules = active
+  return jax.lax.with_sharding_constraint(x, logical_to_sharding(logical_axes, mesh, rules))

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from codegen2_jax.data.objectives import OBJECTIVE_NAMES
+from codegen2_jax.data.objective_ids import OBJECTIVE_NAMES
 
 TrainState = dict[str, Any]  # {"step": int32 [], "params": nnx.State, "opt_state": ...}
 

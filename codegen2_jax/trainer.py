@@ -131,35 +131,37 @@ def train(model_dir: str, *, mixture_or_task_name: str = gin.REQUIRED,
   step = start
   print(f"training {mixture_or_task_name}: steps {start}..{train_steps}, batch {batch_size} "
         f"x {seq_len} tokens, {count_params(model) / 1e6:.2f}M parameters", flush=True)
-  while step < train_steps:
-    local = next(data)
-    batch = {k: jax.make_array_from_process_local_data(batch_sharding, v)
-             for k, v in local.items()}
-    state, m = step_fn(state, batch)
-    window.append(m)
-    step += 1
-    data_position["batches"] += 1
-    steps_since += 1
-    tokens_since += float(local["segment_ids"].astype(bool).sum()) * jax.process_count()
-    if step == start + 1 and primary:
-      (Path(model_dir) / "config.gin").write_text(gin.operative_config_str())
-    if step % log_every == 0 or step == train_steps or step == start + 1:
-      # Log the mean over the window since the last line (T5X style), not one noisy step.
-      m = metrics.reduce_window(jax.device_get(window))
-      window = []
-      if not np.isfinite(m["loss"]):
-        raise FloatingPointError(f"loss is {m['loss']} at step {step}; stopping "
-                                 f"(last checkpoint: {manager.latest_step()})")
-      tok_s, steps_s = clock.tick(tokens_since, steps_since)
-      tokens_since, steps_since = 0.0, 0
-      m["tokens_per_s"] = tok_s
-      writer.write(step, m, steps_s)
-      first_loss = float(m["loss"]) if first_loss is None else first_loss
-      last_loss = float(m["loss"])
-    if step % checkpoint_every == 0 or step == train_steps or preempt.requested:
-      checkpoints.save(manager, step, state, data_position, force=preempt.requested)
-    if preempt.requested:
-      break
+  # Activations are pinned to the mesh by logical axes when the step is traced.
+  with partitioning.activation_sharding(mesh, rules):
+    while step < train_steps:
+      local = next(data)
+      batch = {k: jax.make_array_from_process_local_data(batch_sharding, v)
+               for k, v in local.items()}
+      state, m = step_fn(state, batch)
+      window.append(m)
+      step += 1
+      data_position["batches"] += 1
+      steps_since += 1
+      tokens_since += float(local["segment_ids"].astype(bool).sum()) * jax.process_count()
+      if step == start + 1 and primary:
+        (Path(model_dir) / "config.gin").write_text(gin.operative_config_str())
+      if step % log_every == 0 or step == train_steps or step == start + 1:
+        # Log the mean over the window since the last line (T5X style), not one noisy step.
+        m = metrics.reduce_window(jax.device_get(window))
+        window = []
+        if not np.isfinite(m["loss"]):
+          raise FloatingPointError(f"loss is {m['loss']} at step {step}; stopping "
+                                   f"(last checkpoint: {manager.latest_step()})")
+        tok_s, steps_s = clock.tick(tokens_since, steps_since)
+        tokens_since, steps_since = 0.0, 0
+        m["tokens_per_s"] = tok_s
+        writer.write(step, m, steps_s)
+        first_loss = float(m["loss"]) if first_loss is None else first_loss
+        last_loss = float(m["loss"])
+      if step % checkpoint_every == 0 or step == train_steps or preempt.requested:
+        checkpoints.save(manager, step, state, data_position, force=preempt.requested)
+      if preempt.requested:
+        break
   manager.wait_until_finished()
   manager.close()
   writer.close()

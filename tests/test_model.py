@@ -87,7 +87,7 @@ def test_training_mask_literal():
   m = attention.training_mask(jnp.array([[1, 1, 1, 2, 2, 0]]), jnp.array([[1, 1, 0, 0, 0, 0]]))
   assert m[0, 0].astype(int).tolist() == [
       [1, 1, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0],
-      [0, 0, 0, 1, 0, 0], [0, 0, 0, 1, 1, 0], [0, 0, 0, 0, 0, 0]]
+      [0, 0, 0, 1, 0, 0], [0, 0, 0, 1, 1, 0], [0, 0, 0, 0, 0, 1]]
 
 
 @pytest.mark.parametrize("attention_kind", ["causal", "prefix_lm"])
@@ -133,3 +133,60 @@ def test_infill_prompt_format(vocab):
   ids = decoding.infill_prompt(vocab, "def f(", "):\n")
   assert vocab.decode_visible(ids) == "<|endoftext|>def f(<mask_1>):\n<|endoftext|><sep><mask_1>"
   assert ids[-3:] == [V.EOS_ID, V.SEP_ID, V.mask_id(1)]
+
+
+def _loss_and_grads(cfg_kw):
+  model, cfg = tiny(**cfg_kw)
+  toks = tokens(2, 16, seed=3)
+  seg = jnp.array([[1] * 9 + [2] * 7, [1] * 12 + [0] * 4])
+  graphdef, params = nnx.split(model, nnx.Param)
+
+  def loss(p):
+    logits = nnx.merge(graphdef, p)(toks, seg)
+    return jax.nn.logsumexp(logits, -1).mean() - logits[..., 7].mean()
+
+  value, grads = jax.jit(jax.value_and_grad(loss))(params)
+  return value, grads
+
+
+def test_scan_and_remat_policies_give_identical_results():
+  ref_value, ref_grads = _loss_and_grads({})
+  for kw in ({"scan_layers": True}, {"remat": "minimal"}, {"remat": "full"},
+             {"scan_layers": True, "remat": "full"}):
+    value, grads = _loss_and_grads(kw)
+    np.testing.assert_allclose(value, ref_value, rtol=1e-6, err_msg=str(kw))
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
+      np.testing.assert_allclose(a, b, atol=1e-6, err_msg=str(kw))
+
+
+def test_splash_attention_matches_xla_in_interpret_mode():
+  rng = np.random.RandomState(0)
+  b, length, h, d = 2, 128, 2, 64
+  q, k, v = (jnp.asarray(rng.randn(b, length, h, d), jnp.float32) for _ in range(3))
+  seg = jnp.asarray(np.array([[1] * 50 + [2] * 60 + [0] * 18, [1] * 128]), jnp.int32)
+  want = attention.attend(q, k, v, seg, None, "xla")
+  got = attention.attend(q, k, v, seg, None, "splash")
+  real = np.asarray(seg > 0)
+  np.testing.assert_allclose(np.asarray(got)[real], np.asarray(want)[real], atol=2e-5)
+
+
+def test_auto_attention_on_cpu_is_xla_and_prefix_refuses_splash():
+  assert attention.resolve_implementation("auto", jnp.bfloat16, False, 128) == "xla"
+  x = jnp.zeros((1, 8, 1, 8))
+  with pytest.raises(ValueError, match="prefix-LM"):
+    attention.attend(x, x, x, jnp.ones((1, 8), jnp.int32), jnp.ones((1, 8)), "splash")
+
+
+def test_paper_size_gin_files_build_the_table():
+  import gin
+  from codegen2_jax import gin_config
+  table = {"1b": (16, 2048, 16, 128, 8192, 1.02e9), "3_7b": (16, 4096, 16, 256, 16384, 3.64e9),
+           "7b": (32, 4096, 16, 256, 16384, 6.86e9), "16b": (34, 6144, 24, 256, 24576, 16.0e9)}
+  for name, (n, d, h, hd, f, count) in table.items():
+    gin_config.parse([f"gin/models/{name}.gin"], [])
+    cfg = ModelConfig()
+    assert (cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.head_dim, cfg.d_ff) == (n, d, h, hd, f)
+    assert (cfg.rotary_dim, cfg.vocab_size, cfg.max_len) == (64, 51200, 2048)
+    got = count_params(nnx.eval_shape(lambda: CodeGen(cfg, nnx.Rngs(0))))
+    assert abs(got - count) / count < 0.01, (name, got)
+  gin.clear_config()

@@ -31,10 +31,8 @@ import seqio
 import tensorflow as tf
 
 from codegen2_jax.data import vocab as V
-
-CAUSAL_LM, SPAN_CORRUPTION, T5_SPAN_CORRUPTION, PREFIX_LM, PSM_INFILL = range(5)
-OBJECTIVE_NAMES = ("causal_lm", "span_corruption", "t5_span_corruption", "prefix_lm",
-                   "psm_infill")
+from codegen2_jax.data.objective_ids import (  # noqa: F401  (re-exported)
+    CAUSAL_LM, OBJECTIVE_NAMES, PREFIX_LM, PSM_INFILL, SPAN_CORRUPTION, T5_SPAN_CORRUPTION)
 
 
 def span_corruption_overhead(max_spans: int) -> int:

@@ -15,7 +15,18 @@ prefix [1 1 0 0 0 0] (row = query):
     1 1 1 0 0 0
     0 0 0 1 0 0
     0 0 0 1 1 0
-    0 0 0 0 0 0     (padding reads nothing; its output is weighted out of the loss)
+    0 0 0 0 0 1     (padding reads only itself, so no row is empty and no kernel
+                     yields NaN; its output is weighted out of the loss)
+
+Implementations (`ModelConfig.attention_impl`), all computing the mask above:
+
+    xla     einsum + float32 softmax; runs everywhere (the reference)
+    cudnn   jax.nn.dot_product_attention(implementation='cudnn'): cuDNN fused attention
+            on NVIDIA GPUs (bfloat16/float16), the mask passed as a boolean array
+    splash  Pallas splash attention on TPU: causal block-sparse mask plus segment ids,
+            no mask materialised; the prefix-LM mask is not a static mask, so prefix-LM
+            models use xla. Off TPU it runs in Pallas interpret mode (for tests).
+    auto    splash on TPU (causal), cudnn on GPU (16-bit dtypes), else xla
 """
 
 from __future__ import annotations
@@ -33,7 +44,8 @@ def training_mask(segment_ids: jax.Array, prefix: jax.Array | None = None) -> ja
   if prefix is not None:
     p = prefix.astype(bool)
     allowed = allowed | (p[:, :, None] & p[:, None, :])
-  return (allowed & same)[:, None]
+  padding_self = (segment_ids == 0)[:, :, None] & jnp.eye(length, dtype=bool)[None]
+  return ((allowed & same) | padding_self)[:, None]
 
 
 def decode_mask(query_positions: jax.Array, cache_len: int,
@@ -63,3 +75,63 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Ar
   scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
   return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+
+
+IMPLEMENTATIONS = ("auto", "xla", "cudnn", "splash")
+
+
+def resolve_implementation(impl: str, dtype, prefix_lm: bool, head_dim: int) -> str:
+  """The implementation `auto` picks on this platform (others are returned as given)."""
+  if impl != "auto":
+    return impl
+  backend = jax.default_backend()
+  if backend == "tpu" and not prefix_lm and head_dim % 128 == 0:
+    return "splash"
+  if backend == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
+    return "cudnn"
+  return "xla"
+
+
+def _splash(q, k, v, segment_ids):
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
+  b, length, heads, head_dim = q.shape
+  block = min(512, length)
+  if length % block:
+    raise ValueError(f"splash attention needs the sequence length ({length}) to be a "
+                     f"multiple of {block}")
+  sizes = sk.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block,
+                        block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
+                        block_q_dq=block, block_kv_dq=block)
+  mask = sm.MultiHeadMask([sm.CausalMask((length, length)) for _ in range(heads)])
+  kernel = sk.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1,
+                              interpret=jax.default_backend() != "tpu")
+  scale = head_dim ** -0.5
+  # splash takes [heads, length, head_dim] per example and does not scale the logits.
+  to_hld = lambda x: jnp.swapaxes(x, 0, 1)  # noqa: E731
+  def one(q1, k1, v1, seg):
+    out = kernel(to_hld(q1 * scale), to_hld(k1), to_hld(v1),
+                 segment_ids=sk.SegmentIds(q=seg, kv=seg))
+    return to_hld(out)
+  return jax.vmap(one)(q, k, v, segment_ids)
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array,
+           prefix: jax.Array | None, impl: str = "auto") -> jax.Array:
+  """Self-attention of a packed row: q/k/v [b, l, h, d] -> [b, l, h, d].
+
+  segment_ids [b, l] (0 = padding), prefix [b, l] or None (causal). `impl` is one of
+  IMPLEMENTATIONS; every choice gives the xla result up to float rounding.
+  """
+  impl = resolve_implementation(impl, q.dtype, prefix is not None, q.shape[-1])
+  if impl == "splash":
+    if prefix is not None:
+      raise ValueError("splash attention supports causal attention only; prefix-LM models "
+                       "need attention_impl='xla' or 'auto'")
+    return _splash(q, k, v, segment_ids)
+  mask = training_mask(segment_ids, prefix)
+  if impl == "cudnn":
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
+  if impl != "xla":
+    raise ValueError(f"unknown attention implementation {impl!r}; use one of {IMPLEMENTATIONS}")
+  return dot_product_attention(q, k, v, mask)

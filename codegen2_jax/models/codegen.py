@@ -8,23 +8,36 @@ rotary embedding on the first `rotary_dim` dims of each head. Parameters are flo
 activations use `ModelConfig.dtype`. Every parameter carries logical axis names
 (`out_sharding` metadata) from the fixed vocabulary of `partitioning`.
 
+The layers' parameters are stacked on a leading `layers` axis whatever the settings, so a
+checkpoint restores under any of them: `scan_layers=True` runs them with `lax.scan`
+(one compiled layer; the choice for big models), False with a Python loop (faster on CPU).
+`remat` picks what the backward pass recomputes: 'none', 'minimal' (save matmul outputs)
+or 'full' (save only each layer's input).
+
 The same weights serve training (`__call__` on packed rows) and decoding (`decode` with a
-KV cache of one [batch, cache_len, heads, head_dim] pair per layer; cache slot s holds
-position s).
+KV cache of stacked [layers, batch, cache_len, heads, head_dim] keys and values; cache
+slot s holds position s).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import functools
 
 import gin
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from codegen2_jax import partitioning
 from codegen2_jax.models import attention as attn
 from codegen2_jax.models.rotary import apply_rotary
+
+REMAT_POLICIES = {
+    "none": None,
+    "minimal": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "full": jax.checkpoint_policies.nothing_saveable,
+}
 
 
 @gin.configurable
@@ -41,6 +54,9 @@ class ModelConfig:
   max_len: int = 2048
   dtype: str = "float32"          # compute dtype; parameters stay float32
   attention: str = "causal"       # "causal" or "prefix_lm"
+  attention_impl: str = "auto"    # see models.attention.IMPLEMENTATIONS
+  scan_layers: bool = False
+  remat: str = "none"             # "none", "minimal" or "full"
   layer_norm_eps: float = 1e-5
   init_std: float = 0.02
 
@@ -50,6 +66,11 @@ class ModelConfig:
     if self.rotary_dim > self.head_dim or self.rotary_dim % 2:
       raise ValueError(f"rotary_dim {self.rotary_dim} must be even and <= head_dim "
                        f"{self.head_dim}")
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(f"ModelConfig.remat={self.remat!r}; use one of {list(REMAT_POLICIES)}")
+    if self.attention_impl not in attn.IMPLEMENTATIONS:
+      raise ValueError(f"ModelConfig.attention_impl={self.attention_impl!r}; use one of "
+                       f"{list(attn.IMPLEMENTATIONS)}")
 
   @property
   def compute_dtype(self):
@@ -61,76 +82,79 @@ def _param(rngs: nnx.Rngs, init, shape, axes: tuple[str, ...]) -> nnx.Param:
                    eager_sharding=False)
 
 
-class LayerNorm(nnx.Module):
-  """LayerNorm with scale and bias over the last axis, statistics in float32."""
-
-  def __init__(self, dim: int, eps: float, rngs: nnx.Rngs):
-    self.scale = _param(rngs, nnx.initializers.ones, (dim,), ("embed",))
-    self.bias = _param(rngs, nnx.initializers.zeros, (dim,), ("embed",))
-    self.eps = eps
-
-  def __call__(self, x: jax.Array) -> jax.Array:
-    x32 = x.astype(jnp.float32)
-    mean = x32.mean(-1, keepdims=True)
-    var = jnp.square(x32 - mean).mean(-1, keepdims=True)
-    y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
-    return (y * self.scale[...] + self.bias[...]).astype(x.dtype)
+def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float) -> jax.Array:
+  """LayerNorm over the last axis with statistics in float32; returns x's dtype."""
+  x32 = x.astype(jnp.float32)
+  mean = x32.mean(-1, keepdims=True)
+  var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+  return ((x32 - mean) * jax.lax.rsqrt(var + eps) * scale + bias).astype(x.dtype)
 
 
-class Block(nnx.Module):
-  """One parallel CodeGen block with a shared LayerNorm."""
+class Blocks(nnx.Module):
+  """The parameters of all n_layers parallel blocks, stacked on a leading 'layers' axis."""
 
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
-    d, h, hd, f = cfg.d_model, cfg.n_heads, cfg.head_dim, cfg.d_ff
+    n, d, h, hd, f = cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.head_dim, cfg.d_ff
     normal = nnx.initializers.normal(cfg.init_std)
-    self.cfg = cfg
-    self.ln = LayerNorm(d, cfg.layer_norm_eps, rngs)
-    self.q = _param(rngs, normal, (d, h, hd), ("embed", "heads", "kv"))
-    self.k = _param(rngs, normal, (d, h, hd), ("embed", "heads", "kv"))
-    self.v = _param(rngs, normal, (d, h, hd), ("embed", "heads", "kv"))
-    self.out = _param(rngs, normal, (h, hd, d), ("heads", "kv", "embed"))
-    self.fc_in = _param(rngs, normal, (d, f), ("embed", "mlp"))
-    self.fc_in_bias = _param(rngs, nnx.initializers.zeros, (f,), ("mlp",))
-    self.fc_out = _param(rngs, normal, (f, d), ("mlp", "embed"))
-    self.fc_out_bias = _param(rngs, nnx.initializers.zeros, (d,), ("embed",))
+    ones, zeros = nnx.initializers.ones, nnx.initializers.zeros
+    self.ln_scale = _param(rngs, ones, (n, d), ("layers", "embed"))
+    self.ln_bias = _param(rngs, zeros, (n, d), ("layers", "embed"))
+    self.q = _param(rngs, normal, (n, d, h, hd), ("layers", "embed", "heads", "kv"))
+    self.k = _param(rngs, normal, (n, d, h, hd), ("layers", "embed", "heads", "kv"))
+    self.v = _param(rngs, normal, (n, d, h, hd), ("layers", "embed", "heads", "kv"))
+    self.out = _param(rngs, normal, (n, h, hd, d), ("layers", "heads", "kv", "embed"))
+    self.fc_in = _param(rngs, normal, (n, d, f), ("layers", "embed", "mlp"))
+    self.fc_in_bias = _param(rngs, zeros, (n, f), ("layers", "mlp"))
+    self.fc_out = _param(rngs, normal, (n, f, d), ("layers", "mlp", "embed"))
+    self.fc_out_bias = _param(rngs, zeros, (n, d), ("layers", "embed"))
 
-  def _qkv(self, x, positions):
-    dt = self.cfg.compute_dtype
-    q = jnp.einsum("bld,dhk->blhk", x, self.q[...].astype(dt))
-    k = jnp.einsum("bld,dhk->blhk", x, self.k[...].astype(dt))
-    v = jnp.einsum("bld,dhk->blhk", x, self.v[...].astype(dt))
-    q = apply_rotary(q, positions, self.cfg.rotary_dim)
-    k = apply_rotary(k, positions, self.cfg.rotary_dim)
-    return q, k, v
+  def arrays(self) -> dict[str, jax.Array]:
+    """The stacked parameter arrays by name."""
+    return {k: v[...] for k, v in vars(self).items() if isinstance(v, nnx.Param)}
 
-  def _mlp(self, x):
-    dt = self.cfg.compute_dtype
-    hidden = jnp.einsum("bld,df->blf", x, self.fc_in[...].astype(dt)) + self.fc_in_bias[...].astype(dt)
-    hidden = jax.nn.gelu(hidden, approximate=True)
-    return jnp.einsum("blf,fd->bld", hidden, self.fc_out[...].astype(dt)) + self.fc_out_bias[...].astype(dt)
 
-  def _out(self, o):
-    return jnp.einsum("blhk,hkd->bld", o, self.out[...].astype(self.cfg.compute_dtype))
+def _qkv(p, y, positions, cfg: ModelConfig):
+  dt = cfg.compute_dtype
+  q, k, v = (jnp.einsum("bld,dhk->blhk", y, p[n].astype(dt)) for n in ("q", "k", "v"))
+  q = apply_rotary(q, positions, cfg.rotary_dim)
+  k = apply_rotary(k, positions, cfg.rotary_dim)
+  c = ("batch", "length", "heads", "kv")
+  return (partitioning.constrain(q, c), partitioning.constrain(k, c),
+          partitioning.constrain(v, c))
 
-  def __call__(self, x, positions, mask):
-    """x [b, l, d] -> [b, l, d]; mask bool [b, 1, l, l]."""
-    y = self.ln(x)
-    q, k, v = self._qkv(y, positions)
-    return x + self._out(attn.dot_product_attention(q, k, v, mask)) + self._mlp(y)
 
-  def decode(self, x, positions, mask, cache_k, cache_v):
-    """Writes this call's keys/values into the cache at slots `positions` and attends.
+def _mlp_and_out(p, y, o, cfg: ModelConfig):
+  dt = cfg.compute_dtype
+  hidden = jnp.einsum("bld,df->blf", y, p["fc_in"].astype(dt)) + p["fc_in_bias"].astype(dt)
+  hidden = partitioning.constrain(jax.nn.gelu(hidden, approximate=True),
+                                  ("batch", "length", "mlp"))
+  mlp = jnp.einsum("blf,fd->bld", hidden, p["fc_out"].astype(dt)) + p["fc_out_bias"].astype(dt)
+  return jnp.einsum("blhk,hkd->bld", o, p["out"].astype(dt)) + mlp
 
-    x [b, t, d]; positions [b, t] (consecutive per row); cache_* [b, s, h, hd].
-    Returns (y [b, t, d], cache_k, cache_v).
-    """
-    y = self.ln(x)
-    q, k, v = self._qkv(y, positions)
-    write = jax.vmap(lambda c, new, start: jax.lax.dynamic_update_slice(c, new, (start, 0, 0)))
-    cache_k = write(cache_k, k.astype(cache_k.dtype), positions[:, 0])
-    cache_v = write(cache_v, v.astype(cache_v.dtype), positions[:, 0])
-    o = attn.dot_product_attention(q, cache_k.astype(q.dtype), cache_v.astype(q.dtype), mask)
-    return x + self._out(o) + self._mlp(y), cache_k, cache_v
+
+def block(p: dict, x: jax.Array, positions: jax.Array, segment_ids: jax.Array,
+          prefix: jax.Array | None, cfg: ModelConfig) -> jax.Array:
+  """One layer on a full sequence: x [b, l, d] -> [b, l, d]; p holds one layer's arrays."""
+  y = layer_norm(x, p["ln_scale"], p["ln_bias"], cfg.layer_norm_eps)
+  q, k, v = _qkv(p, y, positions, cfg)
+  o = attn.attend(q, k, v, segment_ids, prefix, cfg.attention_impl)
+  out = x + _mlp_and_out(p, y, o, cfg)
+  return partitioning.constrain(out, ("batch", "length", "embed"))
+
+
+def block_decode(p: dict, x, positions, mask, cache_k, cache_v, cfg: ModelConfig):
+  """One layer with a KV cache: writes this call's keys/values at slots `positions`.
+
+  x [b, t, d]; positions [b, t] (consecutive per row); cache_* [b, s, h, hd].
+  Returns (y [b, t, d], cache_k, cache_v).
+  """
+  y = layer_norm(x, p["ln_scale"], p["ln_bias"], cfg.layer_norm_eps)
+  q, k, v = _qkv(p, y, positions, cfg)
+  write = jax.vmap(lambda c, new, start: jax.lax.dynamic_update_slice(c, new, (start, 0, 0)))
+  cache_k = write(cache_k, k.astype(cache_k.dtype), positions[:, 0])
+  cache_v = write(cache_v, v.astype(cache_v.dtype), positions[:, 0])
+  o = attn.dot_product_attention(q, cache_k.astype(q.dtype), cache_v.astype(q.dtype), mask)
+  return x + _mlp_and_out(p, y, o, cfg), cache_k, cache_v
 
 
 class CodeGen(nnx.Module):
@@ -140,18 +164,21 @@ class CodeGen(nnx.Module):
     normal = nnx.initializers.normal(cfg.init_std)
     self.cfg = cfg
     self.embed = _param(rngs, normal, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"))
-    self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.n_layers)])
-    self.ln_f = LayerNorm(cfg.d_model, cfg.layer_norm_eps, rngs)
+    self.blocks = Blocks(cfg, rngs)
+    self.ln_f_scale = _param(rngs, nnx.initializers.ones, (cfg.d_model,), ("embed",))
+    self.ln_f_bias = _param(rngs, nnx.initializers.zeros, (cfg.d_model,), ("embed",))
     self.lm_head = _param(rngs, normal, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"))
     self.lm_head_bias = _param(rngs, nnx.initializers.zeros, (cfg.vocab_size,), ("vocab",))
 
   def _embed(self, tokens):
-    return jnp.take(self.embed[...], tokens, axis=0).astype(self.cfg.compute_dtype)
+    x = jnp.take(self.embed[...], tokens, axis=0).astype(self.cfg.compute_dtype)
+    return partitioning.constrain(x, ("batch", "length", "embed"))
 
   def _logits(self, x):
-    x = self.ln_f(x)
+    x = layer_norm(x, self.ln_f_scale[...], self.ln_f_bias[...], self.cfg.layer_norm_eps)
     logits = jnp.einsum("bld,dv->blv", x, self.lm_head[...].astype(x.dtype))
-    return logits.astype(jnp.float32) + self.lm_head_bias[...]
+    logits = logits.astype(jnp.float32) + self.lm_head_bias[...]
+    return partitioning.constrain(logits, ("batch", "length", "vocab"))
 
   def __call__(self, tokens: jax.Array, segment_ids: jax.Array | None = None,
                positions: jax.Array | None = None, prefix: jax.Array | None = None
@@ -161,41 +188,53 @@ class CodeGen(nnx.Module):
     segment_ids [b, l] (0 = padding; default: one segment, no padding), positions [b, l]
     (default 0..l-1), prefix [b, l] (1 = bidirectional; used when attention='prefix_lm').
     """
+    cfg = self.cfg
     b, length = tokens.shape
     if segment_ids is None:
       segment_ids = jnp.ones((b, length), jnp.int32)
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(length), (b, length))
-    use_prefix = prefix if self.cfg.attention == "prefix_lm" else None
-    mask = attn.training_mask(segment_ids, use_prefix)
+    use_prefix = prefix if cfg.attention == "prefix_lm" else None
+    layer = functools.partial(block, positions=positions, segment_ids=segment_ids,
+                              prefix=use_prefix, cfg=cfg)
+    if cfg.remat != "none":
+      layer = jax.checkpoint(layer, policy=REMAT_POLICIES[cfg.remat])
+    params = self.blocks.arrays()
     x = self._embed(tokens)
-    for block in self.blocks:
-      x = block(x, positions, mask)
+    if cfg.scan_layers:
+      x, _ = jax.lax.scan(lambda h, p: (layer(p, h), None), x, params)
+    else:
+      for i in range(cfg.n_layers):
+        x = layer(jax.tree.map(lambda a: a[i], params), x)
     return self._logits(x)
 
-  def decode(self, tokens: jax.Array, positions: jax.Array, cache: list[tuple[Any, Any]],
+  def decode(self, tokens: jax.Array, positions: jax.Array, cache: tuple[jax.Array, jax.Array],
              prefix_len: jax.Array | None = None):
     """Incremental forward pass with a KV cache.
 
     tokens, positions [b, t]; cache from `init_cache`; prefix_len [b] for prefix-LM
     prefill. Returns (logits float32 [b, t, vocab], new cache).
     """
-    cache_len = cache[0][0].shape[1]
-    use_prefix = prefix_len if self.cfg.attention == "prefix_lm" else None
-    mask = attn.decode_mask(positions, cache_len, use_prefix)
+    cfg = self.cfg
+    cache_k, cache_v = cache
+    use_prefix = prefix_len if cfg.attention == "prefix_lm" else None
+    mask = attn.decode_mask(positions, cache_k.shape[2], use_prefix)
+    layer = functools.partial(block_decode, positions=positions, mask=mask, cfg=cfg)
     x = self._embed(tokens)
-    new_cache = []
-    for block, (ck, cv) in zip(self.blocks, cache):
-      x, ck, cv = block.decode(x, positions, mask, ck, cv)
-      new_cache.append((ck, cv))
-    return self._logits(x), new_cache
+
+    def step(h, inputs):
+      p, ck, cv = inputs
+      h, ck, cv = layer(p, h, cache_k=ck, cache_v=cv)
+      return h, (ck, cv)
+
+    x, (cache_k, cache_v) = jax.lax.scan(step, x, (self.blocks.arrays(), cache_k, cache_v))
+    return self._logits(x), (cache_k, cache_v)
 
 
-def init_cache(cfg: ModelConfig, batch: int, cache_len: int) -> list[tuple[jax.Array, jax.Array]]:
-  """Empty KV cache: per layer a (keys, values) pair of [batch, cache_len, heads, head_dim]."""
-  shape = (batch, cache_len, cfg.n_heads, cfg.head_dim)
-  return [(jnp.zeros(shape, cfg.compute_dtype), jnp.zeros(shape, cfg.compute_dtype))
-          for _ in range(cfg.n_layers)]
+def init_cache(cfg: ModelConfig, batch: int, cache_len: int) -> tuple[jax.Array, jax.Array]:
+  """Empty KV cache: (keys, values), each [layers, batch, cache_len, heads, head_dim]."""
+  shape = (cfg.n_layers, batch, cache_len, cfg.n_heads, cfg.head_dim)
+  return jnp.zeros(shape, cfg.compute_dtype), jnp.zeros(shape, cfg.compute_dtype)
 
 
 def count_params(model: nnx.Module) -> int:
