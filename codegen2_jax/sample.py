@@ -40,6 +40,9 @@ def main(argv=None) -> int:
   ap.add_argument("--top_k", type=int, default=0)
   ap.add_argument("--seed", type=int, default=0)
   ap.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+  ap.add_argument("--stop_ids", default=None,
+                  help="comma-separated ids that end generation (default: none with "
+                       "--prompt_ids, <|endoftext|> / <eom> of our vocabulary otherwise)")
   args = ap.parse_args(rest)
   if (args.prompt is None) == (args.prompt_ids is None):
     ap.error("give exactly one of --prompt and --prompt_ids")
@@ -79,7 +82,8 @@ def main(argv=None) -> int:
 
   if args.prompt_ids is not None:
     ids = [int(x) for x in args.prompt_ids.split(",") if x.strip()]
-    out = decoding.generate(model, [ids], args.max_new_tokens, stop_ids=(V.EOS_ID,), **kw)[0]
+    stops = tuple(int(x) for x in (args.stop_ids or "").split(",") if x.strip())
+    out = decoding.generate(model, [ids], args.max_new_tokens, stop_ids=stops, **kw)[0]
     print(json.dumps(out) if args.print_ids else out)
     return 0
 

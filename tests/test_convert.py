@@ -77,6 +77,15 @@ def test_hf_to_orbax_logits_incremental_and_greedy_match(tmp_path, shape):
     theirs = ref.generate(torch.tensor([prompt]), max_new_tokens=10, do_sample=False,
                           min_new_tokens=10, pad_token_id=0)[0, 5:].tolist()
   assert ours == theirs
+  # and the same through the sample command, which needs no vocabulary
+  from codegen2_jax import sample
+  import contextlib, io
+  buf = io.StringIO()
+  with contextlib.redirect_stdout(buf):
+    assert sample.main([f"--checkpoint_dir={tmp_path / 'o'}", "--temperature=0",
+                        "--prompt_ids=" + ",".join(map(str, prompt)), "--max_new_tokens=10",
+                        "--print_ids"]) == 0
+  assert json.loads(buf.getvalue().strip().splitlines()[-1]) == theirs
 
 
 def test_orbax_to_hf_round_trip_and_transformers_loads_it(tmp_path):

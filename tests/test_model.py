@@ -71,6 +71,18 @@ def test_packed_segments_and_padding_are_independent():
   np.testing.assert_allclose(la[0, 6:13], alone[0], atol=1e-5)
 
 
+@pytest.mark.parametrize("attention_kind", ["causal", "prefix_lm"])
+def test_padding_never_changes_anything(attention_kind):
+  model, _ = tiny(attention=attention_kind)
+  seg = jnp.array([[1] * 6 + [2] * 5 + [0] * 5])
+  pos = jnp.array([list(range(6)) + list(range(5)) + [0] * 5])
+  prefix = jnp.array([[1] * 3 + [0] * 3 + [1] * 2 + [0] * 8])
+  a = tokens(1, 16)
+  b = a.at[0, 11:].set(jnp.array([3, 4, 5, 6, 7]))
+  la, lb = model(a, seg, pos, prefix), model(b, seg, pos, prefix)
+  np.testing.assert_allclose(la[0, :11], lb[0, :11], atol=1e-6)
+
+
 def test_prefix_lm_mask():
   model, _ = tiny(attention="prefix_lm")
   prefix = jnp.array([[1] * 5 + [0] * 7])
@@ -190,3 +202,14 @@ def test_paper_size_gin_files_build_the_table():
     got = count_params(nnx.eval_shape(lambda: CodeGen(cfg, nnx.Rngs(0))))
     assert abs(got - count) / count < 0.01, (name, got)
   gin.clear_config()
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN attention needs a GPU")
+def test_cudnn_attention_matches_xla_on_gpu():
+  rng = np.random.RandomState(1)
+  q, k, v = (jnp.asarray(rng.randn(2, 256, 4, 64), jnp.bfloat16) for _ in range(3))
+  seg = jnp.asarray(np.repeat([1, 2, 3, 0], 64)[None].repeat(2, 0), jnp.int32)
+  want = attention.attend(*(x.astype(jnp.float32) for x in (q, k, v)), seg, None, "xla")
+  got = attention.attend(q, k, v, seg, None, "cudnn").astype(jnp.float32)
+  real = np.asarray(seg > 0)
+  assert np.abs(np.asarray(got - want))[real].max() < 0.03

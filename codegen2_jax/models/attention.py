@@ -131,6 +131,9 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array,
     return _splash(q, k, v, segment_ids)
   mask = training_mask(segment_ids, prefix)
   if impl == "cudnn":
+    if q.dtype not in (jnp.bfloat16, jnp.float16):
+      raise ValueError(f"cuDNN attention needs a bfloat16 or float16 compute dtype, got "
+                       f"{q.dtype}; set ModelConfig.dtype or attention_impl='auto'")
     return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
   if impl != "xla":
     raise ValueError(f"unknown attention implementation {impl!r}; use one of {IMPLEMENTATIONS}")
