@@ -23,6 +23,9 @@ setup(
         "numpy>=1.26",
         "tensorboard>=2.16",
         "safetensors>=0.4",
+        "pyarrow>=14",
+        "zstandard>=0.22",
+        "tokenizers>=0.19",
     ],
     extras_require={
         # torch is pinned exactly: a looser range downloads a multi-GB CUDA build.

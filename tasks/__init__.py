@@ -1,11 +1,10 @@
 """seqio Task and Mixture registrations; importing this package registers them.
 
-    stdlib_code     the interpreter's standard library sources (code)
-    stdlib_prose    its documentation prose: pydoc topics and docstrings (natural language)
-    stdlib_demo     mixture of the two, 80/20, for the CPU demo
+    stdlib_code, stdlib_prose, stdlib_demo   the embedded corpus (no download)
+    stack_<language> (19), stack_code        The Stack v1.1 dedup parquet files
+    pile, stack_code_pile                    The Pile jsonl(.zst), and code + Pile 50/50
 
-Each task tokenizes with the default vocabulary, splits long files so nothing is trimmed,
-and applies the CodeGen2 objective mixture (causal LM / file-level span corruption).
+Data locations: tasks.paths.data_dirs (gin) or CODEGEN2_STACK_DIR / CODEGEN2_PILE_DIR.
 """
 
-from tasks import stdlib  # noqa: F401  (registers the embedded-corpus tasks)
+from tasks import paths, pile, stack, stdlib  # noqa: F401  (each registers its tasks)
