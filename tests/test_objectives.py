@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import seqio
 import tensorflow as tf
 
 from codegen2_jax.data import objectives as O
@@ -107,3 +108,74 @@ def test_mixture_objective_frequencies_match_probability(vocab):
   frac = np.mean([ex["objective"][0] == O.CAUSAL_LM for ex in exs])
   # 0.5 +- 4 standard errors (sd of a fraction over 400 draws is 0.025)
   assert abs(frac - 0.5) < 0.1, frac
+
+
+@pytest.mark.parametrize("n", [2, 5, 40, 300])
+def test_prefix_lm_split(n):
+  doc = list(range(100, 100 + n))
+  for s in range(20):
+    ex = {k: v.numpy().tolist() for k, v in O.prefix_lm_example(tf.constant(doc),
+                                                                 tf.constant([s, 7])).items()}
+    assert ex["targets"] == doc + [V.EOS_ID]
+    k = sum(ex["prefix"]) - 1
+    assert 1 <= k <= n - 1
+    assert ex["prefix"] == [1] * (k + 1) + [0] * (n - k)
+    assert ex["loss_weights"] == [0] * k + [1] * (n + 1 - k)
+    assert set(ex["objective"]) == {O.PREFIX_LM}
+
+
+def test_prefix_lm_loss_on_prefix_setting():
+  ex = O.prefix_lm_example(tf.range(10, 30), tf.constant([1, 1]), loss_on_prefix=True)
+  assert set(ex["loss_weights"].numpy().tolist()) == {1}
+
+
+def test_psm_infill_has_one_span_and_reinserts():
+  rng = np.random.RandomState(0)
+  for s in range(40):
+    doc = rng.randint(100, 8000, size=rng.randint(2, 60)).tolist()
+    ex = O.psm_infill_example(tf.constant(doc), tf.constant([s, 3]))
+    got, order = reinsert(ex["targets"].numpy().tolist())
+    assert got == doc and order == [V.mask_id(1)]
+    assert set(ex["objective"].numpy().tolist()) == {O.PSM_INFILL}
+
+
+def test_t5_span_corruption_density_and_round_trip():
+  doc = list(range(100, 500))  # 400 tokens: 60 noise tokens in about 20 spans
+  ex = O.t5_span_corruption_example(tf.constant(doc), tf.constant([5, 5]))
+  targets = ex["targets"].numpy().tolist()
+  got, order = reinsert(targets)
+  assert got == doc
+  assert 15 <= len(order) <= 20
+  tail = targets[targets.index(V.SEP_ID) + 1:]
+  assert len(tail) - 2 * len(order) == 60  # tokens moved after <sep>: n * 0.15
+
+
+@pytest.mark.parametrize("fn", [O.span_corruption_example, O.t5_span_corruption_example])
+def test_span_objectives_never_exceed_the_row(fn):
+  rng = np.random.RandomState(1)
+  for s in range(30):
+    n = int(rng.randint(2, 60))
+    ex = fn(tf.constant(rng.randint(100, 999, n)), tf.constant([s, 0]), max_total=64,
+            max_spans=30)
+    assert len(ex["targets"].numpy()) <= 64
+
+
+def test_objective_mixture_frequencies():
+  probs = (("causal_lm", 0.4), ("span_corruption", 0.3), ("prefix_lm", 0.2),
+           ("psm_infill", 0.1))
+  ds = tf.data.Dataset.from_tensor_slices({
+      "targets": tf.constant(np.random.RandomState(0).randint(100, 900, (2000, 20)), tf.int32),
+      "source": tf.constant(["x"] * 2000)})
+  with seqio.map_seed_manager(42):
+    out = O.objective_mixture(ds, {"targets": 64}, probabilities=probs)
+    ids = [int(ex["objective"][0]) for ex in out.as_numpy_iterator()]
+  counts = np.bincount(ids, minlength=5) / len(ids)
+  want = {O.CAUSAL_LM: 0.4, O.SPAN_CORRUPTION: 0.3, O.PREFIX_LM: 0.2, O.PSM_INFILL: 0.1}
+  for k, p in want.items():
+    assert abs(counts[k] - p) < 4 * np.sqrt(p * (1 - p) / len(ids)) + 1e-9, (k, counts)
+
+
+def test_unknown_objective_is_refused():
+  ds = tf.data.Dataset.from_tensor_slices({"targets": [[1, 2]], "source": ["x"]})
+  with pytest.raises(ValueError, match="unknown objectives"):
+    O.objective_mixture(ds, None, probabilities=(("causal", 1.0),))

@@ -20,11 +20,26 @@ Worked examples, writing tokens as text (`E` = <|endoftext|>, `S` = <sep>, `M` =
                      loss_weights = 1 ... 1                              (default)
                      or 0 up to and including S, 1 after (loss_on_document=False)
 
+    T5-style span     same format; fixed noise density and mean span length (ablations)
+    corruption
+
+    prefix-LM         doc  = a b c d e   split after 2 (random)
+                      targets      = a b c d e E
+                      prefix       = 1 1 1 0 0 0   (positions whose INPUT is <|endoftext|>,
+                                                    a or b: bidirectional among themselves)
+                      loss_weights = 0 0 1 1 1 1   (loss_on_prefix=False, the paper's choice)
+
+    PSM infill        doc  = a b c d e f   cut at 2 and 4: prefix a b, middle c d, suffix e f
+                      targets = a b <1> e f E S <1> c d M   (the inference infill format)
+
 Putting every span back at its sentinel gives the document exactly. Span corruption
-never crosses a document: it runs on one (split) document at a time.
+never crosses a document: it runs on one (split) document at a time, and never makes a
+sequence longer than the row (the number of spans is capped to fit).
 """
 
 from __future__ import annotations
+
+import functools
 
 import gin
 import seqio
@@ -115,17 +130,36 @@ def corrupt_spans(tokens: tf.Tensor, noise: tf.Tensor, loss_on_document: bool = 
   return targets, tf.concat([head_weight, tf.ones_like(spans)], 0)
 
 
+def _spans_fitting(n, num_noise, wanted, max_spans: int, max_total):
+  """Number of spans: `wanted`, clipped to 1..max_spans, to what the noise and gaps allow,
+  and so that n + 3 k + 2 <= max_total."""
+  upper = tf.reduce_min([max_spans, num_noise, n - num_noise + 1])
+  if max_total is not None:
+    upper = tf.minimum(upper, tf.maximum((max_total - n - 2) // 3, 1))
+  return tf.clip_by_value(wanted, 1, upper)
+
+
+def _corrupt_with_spans(tokens, num_noise, wanted_spans, seed, max_spans, max_total,
+                        loss_on_document, objective):
+  n = tf.size(tokens)
+  num_noise = tf.clip_by_value(num_noise, 1, n - 1)
+  num_spans = _spans_fitting(n, num_noise, wanted_spans, max_spans, max_total)
+  noise = random_spans_mask(n, num_noise, num_spans, seed)
+  targets, weights = corrupt_spans(tokens, noise, loss_on_document)
+  return _example(targets, weights, tf.zeros_like(targets), objective)
+
+
 @gin.configurable(module="objectives")
-def span_corruption_example(tokens: tf.Tensor, seed, mask_ratio=(0.05, 0.25),
+def span_corruption_example(tokens: tf.Tensor, seed, max_total=None, mask_ratio=(0.05, 0.25),
                             mean_span_length=(3.0, 20.0), max_spans: int = 16,
                             loss_on_document: bool = True) -> dict[str, tf.Tensor]:
   """File-level span corruption of one document (CodeGen2's final recipe).
 
   Per document a mask ratio r ~ U(mask_ratio) and a mean span length m ~
   U(mean_span_length) are drawn; round(r * n) tokens (at least 1) are masked in about
-  round(r * n / m) spans (1..max_spans), placed at random. Documents under 2 tokens fall
-  back to causal LM. These ranges are our documented defaults: the paper does not
-  publish its values.
+  round(r * n / m) spans (1..max_spans, and few enough that the sequence stays within
+  `max_total` tokens), placed at random. Documents under 2 tokens fall back to causal LM.
+  These ranges are our documented defaults: the paper does not publish its values.
   """
   tokens = tf.cast(tokens, tf.int32)
   n = tf.size(tokens)
@@ -134,16 +168,88 @@ def span_corruption_example(tokens: tf.Tensor, seed, mask_ratio=(0.05, 0.25),
   def corrupt():
     ratio = tf.random.stateless_uniform([], s_ratio, mask_ratio[0], mask_ratio[1])
     mean = tf.random.stateless_uniform([], s_span, mean_span_length[0], mean_span_length[1])
-    num_noise = tf.clip_by_value(tf.cast(tf.round(tf.cast(n, tf.float32) * ratio), tf.int32),
-                                 1, n - 1)
+    num_noise = tf.cast(tf.round(tf.cast(n, tf.float32) * ratio), tf.int32)
+    num_noise = tf.clip_by_value(num_noise, 1, n - 1)
     wanted = tf.cast(tf.round(tf.cast(num_noise, tf.float32) / mean), tf.int32)
-    num_spans = tf.clip_by_value(wanted, 1,
-                                 tf.reduce_min([max_spans, num_noise, n - num_noise + 1]))
-    noise = random_spans_mask(n, num_noise, num_spans, s_mask)
-    targets, weights = corrupt_spans(tokens, noise, loss_on_document)
-    return _example(targets, weights, tf.zeros_like(targets), SPAN_CORRUPTION)
+    return _corrupt_with_spans(tokens, num_noise, wanted, s_mask, max_spans, max_total,
+                               loss_on_document, SPAN_CORRUPTION)
 
   return tf.cond(n >= 2, corrupt, lambda: causal_lm_example(tokens))
+
+
+@gin.configurable(module="objectives")
+def t5_span_corruption_example(tokens: tf.Tensor, seed, max_total=None,
+                               noise_density: float = 0.15,
+                               mean_noise_span_length: float = 3.0,
+                               max_spans: int = V.NUM_SENTINELS,
+                               loss_on_document: bool = True) -> dict[str, tf.Tensor]:
+  """T5-style span corruption (Raffel et al.): round(density * n) noise tokens in
+  round(noise / mean_span_length) spans, in the same one-decoder format as file-level span
+  corruption. Long documents hit the sentinel cap (`max_spans`), which lengthens spans."""
+  tokens = tf.cast(tokens, tf.int32)
+  n = tf.size(tokens)
+
+  def corrupt():
+    num_noise = tf.cast(tf.round(tf.cast(n, tf.float32) * noise_density), tf.int32)
+    num_noise = tf.clip_by_value(num_noise, 1, n - 1)
+    wanted = tf.cast(tf.round(tf.cast(num_noise, tf.float32) / mean_noise_span_length),
+                     tf.int32)
+    return _corrupt_with_spans(tokens, num_noise, wanted, seed, max_spans, max_total,
+                               loss_on_document, T5_SPAN_CORRUPTION)
+
+  return tf.cond(n >= 2, corrupt, lambda: causal_lm_example(tokens))
+
+
+@gin.configurable(module="objectives")
+def prefix_lm_example(tokens: tf.Tensor, seed, max_total=None, loss_on_prefix: bool = False
+                      ) -> dict[str, tf.Tensor]:
+  """Prefix-LM split at a uniform point k in 1..n-1 (see the module docstring).
+
+  The first k + 1 positions (inputs <|endoftext|>, t_0 .. t_{k-1}) are the bidirectional
+  prefix; targets t_0 .. t_{k-1} carry no loss unless `loss_on_prefix` (which leaks:
+  a bidirectional position can read the token it predicts). Under 2 tokens: causal LM.
+  """
+  tokens = tf.cast(tokens, tf.int32)
+  n = tf.size(tokens)
+
+  def split():
+    k = tf.random.stateless_uniform([], seed, 1, n, dtype=tf.int32)
+    seq = tf.concat([tokens, [V.EOS_ID]], 0)
+    idx = tf.range(n + 1)
+    prefix = tf.cast(idx <= k, tf.int32)
+    weights = tf.ones_like(seq) if loss_on_prefix else tf.cast(idx >= k, tf.int32)
+    return _example(seq, weights, prefix, PREFIX_LM)
+
+  return tf.cond(n >= 2, split, lambda: causal_lm_example(tokens))
+
+
+@gin.configurable(module="objectives")
+def psm_infill_example(tokens: tf.Tensor, seed, max_total=None,
+                       loss_on_document: bool = True) -> dict[str, tf.Tensor]:
+  """PSM (prefix, suffix, middle) infill: two uniform cut points, a non-empty middle,
+  written in the CodeGen2 infill format (one sentinel). Under 2 tokens: causal LM."""
+  tokens = tf.cast(tokens, tf.int32)
+  n = tf.size(tokens)
+
+  def reorder():
+    cuts = tf.sort(tf.random.stateless_uniform([2], seed, 0, n + 1, dtype=tf.int32))
+    start = tf.minimum(cuts[0], n - 1)
+    end = tf.maximum(cuts[1], start + 1)
+    idx = tf.range(n)
+    noise = (idx >= start) & (idx < end)
+    targets, weights = corrupt_spans(tokens, noise, loss_on_document)
+    return _example(targets, weights, tf.zeros_like(targets), PSM_INFILL)
+
+  return tf.cond(n >= 2, reorder, lambda: causal_lm_example(tokens))
+
+
+EXAMPLE_FNS = {
+    "causal_lm": lambda tokens, seed, max_total=None: causal_lm_example(tokens),
+    "span_corruption": span_corruption_example,
+    "t5_span_corruption": t5_span_corruption_example,
+    "prefix_lm": prefix_lm_example,
+    "psm_infill": psm_infill_example,
+}
 
 
 # ----------------------------------------------------------------------------------------
@@ -186,26 +292,47 @@ def split_documents(dataset: tf.data.Dataset, sequence_length, reserve: int | No
   return dataset.flat_map(chunk)
 
 
-@seqio.map_over_dataset
-def causal_lm(ex):
-  """seqio preprocessor: every document as causal LM (see module docstring)."""
-  out = causal_lm_example(ex["targets"])
-  out["source"] = ex["source"]
-  return out
-
-
 @gin.configurable(module="objectives")
-def codegen2_mixture(dataset: tf.data.Dataset, causal_prob: float = 0.5) -> tf.data.Dataset:
-  """seqio preprocessor: per sequence, causal LM with probability `causal_prob`, else
-  file-level span corruption (the paper's final recipe, 50/50 by default)."""
+def objective_mixture(dataset: tf.data.Dataset, sequence_length=None,
+                      probabilities=(("causal_lm", 0.5), ("span_corruption", 0.5))
+                      ) -> tf.data.Dataset:
+  """seqio preprocessor: each sequence draws its objective from `probabilities`
+  ((name, p) pairs over EXAMPLE_FNS; normalised). Deterministic for a seed."""
+  probabilities = dict(probabilities)
+  unknown = set(probabilities) - set(EXAMPLE_FNS)
+  if unknown:
+    raise ValueError(f"unknown objectives {sorted(unknown)}; known: {sorted(EXAMPLE_FNS)}")
+  names = [k for k, p in probabilities.items() if p > 0]
+  if not names:
+    raise ValueError(f"objective probabilities {probabilities} are all zero")
+  logits = tf.math.log([[float(probabilities[k]) for k in names]])
+  max_total = sequence_length["targets"] if sequence_length else None
 
   @seqio.map_over_dataset(num_seeds=2)
   def choose(ex, seeds):
     tokens = ex["targets"]
-    use_causal = tf.random.stateless_uniform([], seed=seeds[0]) < causal_prob
-    out = tf.cond(use_causal, lambda: causal_lm_example(tokens),
-                  lambda: span_corruption_example(tokens, seeds[1]))
+    pick = tf.random.stateless_categorical(logits, 1, seed=seeds[0], dtype=tf.int32)[0, 0]
+    branches = [functools.partial(lambda f: f(tokens, seeds[1], max_total), EXAMPLE_FNS[k])
+                for k in names]
+    out = tf.switch_case(pick, branches) if len(branches) > 1 else branches[0]()
     out["source"] = ex["source"]
     return out
 
   return choose(dataset)
+
+
+@gin.configurable(module="objectives")
+def codegen2_mixture(dataset: tf.data.Dataset, sequence_length=None,
+                     causal_prob: float = 0.5) -> tf.data.Dataset:
+  """seqio preprocessor: per sequence, causal LM with probability `causal_prob`, else
+  file-level span corruption (the paper's final recipe, 50/50 by default)."""
+  return objective_mixture(dataset, sequence_length, probabilities=(
+      ("causal_lm", causal_prob), ("span_corruption", 1.0 - causal_prob)))
+
+
+def single_objective(name: str):
+  """A seqio preprocessor applying objective `name` (a key of EXAMPLE_FNS) to every doc."""
+  def preprocess(dataset, sequence_length=None):
+    return objective_mixture(dataset, sequence_length, probabilities=((name, 1.0),))
+  preprocess.__name__ = f"{name}_objective"
+  return preprocess
