@@ -96,25 +96,28 @@ def generate(model: nnx.Module, prompts: Sequence[Sequence[int]], max_new_tokens
 
 def completion_prompt(vocab, text: str) -> list[int]:
   """Left-to-right prompt: <|endoftext|> then the text (documents follow an EOS in training)."""
-  return [V.EOS_ID] + list(vocab.encode(text))
+  return [V.special_ids(vocab).eos] + list(vocab.encode(text))
 
 
 def infill_prompt(vocab, prefix: str, suffix: str) -> list[int]:
   """CodeGen2 infill prompt: `prefix <mask_1> suffix <|endoftext|> <sep> <mask_1>`."""
-  m1 = V.mask_id(1)
-  return ([V.EOS_ID] + list(vocab.encode(prefix)) + [m1] + list(vocab.encode(suffix))
-          + [V.EOS_ID, V.SEP_ID, m1])
+  ids = V.special_ids(vocab)
+  m1 = ids.mask(1)
+  return ([ids.eos] + list(vocab.encode(prefix)) + [m1] + list(vocab.encode(suffix))
+          + [ids.eos, ids.sep, m1])
 
 
 def complete(model, vocab, prompt: str, max_new_tokens: int = 64, **kw) -> str:
   """Left-to-right completion of `prompt`, cut at <|endoftext|>."""
-  ids = generate(model, [completion_prompt(vocab, prompt)], max_new_tokens,
-                 stop_ids=(V.EOS_ID,), **kw)[0]
-  return vocab.decode([i for i in ids if i not in (V.EOS_ID, V.PAD_ID)])
+  ids = V.special_ids(vocab)
+  out = generate(model, [completion_prompt(vocab, prompt)], max_new_tokens,
+                 stop_ids=(ids.eos,), **kw)[0]
+  return vocab.decode([i for i in out if i != ids.eos])
 
 
 def infill(model, vocab, prefix: str, suffix: str, max_new_tokens: int = 64, **kw) -> str:
   """The middle between `prefix` and `suffix`, generated until <eom> (CodeGen2 format)."""
-  ids = generate(model, [infill_prompt(vocab, prefix, suffix)], max_new_tokens,
-                 stop_ids=(V.EOM_ID, V.EOS_ID), **kw)[0]
-  return vocab.decode([i for i in ids if i not in (V.EOM_ID, V.EOS_ID, V.PAD_ID)])
+  ids = V.special_ids(vocab)
+  out = generate(model, [infill_prompt(vocab, prefix, suffix)], max_new_tokens,
+                 stop_ids=(ids.eom, ids.eos), **kw)[0]
+  return vocab.decode([i for i in out if i not in (ids.eom, ids.eos)])

@@ -43,8 +43,9 @@ class CodeGenFeatureConverter(seqio.FeatureConverter):
                     for k in ("inputs", "targets", "loss_weights", "prefix", "objective")}
   PACKING_FEATURE_DTYPES = {"segment_ids": tf.int32, "positions": tf.int32}
 
-  def __init__(self, pack: bool = True, **kwargs):
-    super().__init__(pack=pack, bos_id=V.EOS_ID, **kwargs)
+  def __init__(self, pack: bool = True, bos_id: int = V.EOS_ID, **kwargs):
+    # The first input of every document is the vocabulary's <|endoftext|>.
+    super().__init__(pack=pack, bos_id=bos_id, **kwargs)
 
   def _convert_example(self, features: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
     targets = features["targets"]

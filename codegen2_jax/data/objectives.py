@@ -70,9 +70,10 @@ def _example(tokens, loss_weights, prefix, objective: int | tf.Tensor):
   }
 
 
-def causal_lm_example(tokens: tf.Tensor) -> dict[str, tf.Tensor]:
+def causal_lm_example(tokens: tf.Tensor, ids: V.SpecialIds = V.DEFAULT_SPECIAL_IDS
+                      ) -> dict[str, tf.Tensor]:
   """`doc` -> `doc <|endoftext|>`, loss on every token."""
-  seq = tf.concat([tf.cast(tokens, tf.int32), [V.EOS_ID]], 0)
+  seq = tf.concat([tf.cast(tokens, tf.int32), [ids.eos]], 0)
   ones = tf.ones_like(seq)
   return _example(seq, ones, tf.zeros_like(seq), CAUSAL_LM)
 
@@ -108,23 +109,26 @@ def random_spans_mask(length, num_noise, num_spans, seed) -> tf.Tensor:
   return tf.repeat(values, lengths)
 
 
-def corrupt_spans(tokens: tf.Tensor, noise: tf.Tensor, loss_on_document: bool = True):
+def corrupt_spans(tokens: tf.Tensor, noise: tf.Tensor, loss_on_document: bool = True,
+                  ids: V.SpecialIds = V.DEFAULT_SPECIAL_IDS):
   """Moves the `noise` runs of `tokens` to the end in the CodeGen2 format (see module doc).
 
-  Returns (targets, loss_weights) int32 [len(tokens) + 2 * num_spans + 2].
+  Returns (targets, loss_weights) int32 [len(tokens) + 3 * num_spans + 2]. There must be
+  no more spans than the vocabulary has sentinels.
   """
   tokens = tf.cast(tokens, tf.int32)
   prev = tf.concat([[False], noise[:-1]], 0)
   nxt = tf.concat([noise[1:], [False]], 0)
   start = noise & ~prev
   end = noise & ~nxt
-  sentinel = V.FIRST_MASK_ID - 1 + tf.cumsum(tf.cast(start, tf.int32))
-  eom = tf.fill(tf.shape(tokens), V.EOM_ID)
+  span_index = tf.maximum(tf.cumsum(tf.cast(start, tf.int32)) - 1, 0)
+  sentinel = tf.gather(tf.constant(ids.masks, tf.int32), span_index)
+  eom = tf.fill(tf.shape(tokens), ids.eom)
   document = tf.ragged.boolean_mask(tf.stack([sentinel, tokens], 1),
                                     tf.stack([start, ~noise], 1)).flat_values
   spans = tf.ragged.boolean_mask(tf.stack([sentinel, tokens, eom], 1),
                                  tf.stack([start, noise, end], 1)).flat_values
-  head = tf.concat([document, [V.EOS_ID, V.SEP_ID]], 0)
+  head = tf.concat([document, [ids.eos, ids.sep]], 0)
   targets = tf.concat([head, spans], 0)
   head_weight = tf.ones_like(head) if loss_on_document else tf.zeros_like(head)
   return targets, tf.concat([head_weight, tf.ones_like(spans)], 0)
@@ -140,19 +144,21 @@ def _spans_fitting(n, num_noise, wanted, max_spans: int, max_total):
 
 
 def _corrupt_with_spans(tokens, num_noise, wanted_spans, seed, max_spans, max_total,
-                        loss_on_document, objective):
+                        loss_on_document, objective, ids):
   n = tf.size(tokens)
   num_noise = tf.clip_by_value(num_noise, 1, n - 1)
-  num_spans = _spans_fitting(n, num_noise, wanted_spans, max_spans, max_total)
+  num_spans = _spans_fitting(n, num_noise, wanted_spans, min(max_spans, len(ids.masks)),
+                             max_total)
   noise = random_spans_mask(n, num_noise, num_spans, seed)
-  targets, weights = corrupt_spans(tokens, noise, loss_on_document)
+  targets, weights = corrupt_spans(tokens, noise, loss_on_document, ids)
   return _example(targets, weights, tf.zeros_like(targets), objective)
 
 
 @gin.configurable(module="objectives")
 def span_corruption_example(tokens: tf.Tensor, seed, max_total=None, mask_ratio=(0.05, 0.25),
                             mean_span_length=(3.0, 20.0), max_spans: int = 16,
-                            loss_on_document: bool = True) -> dict[str, tf.Tensor]:
+                            loss_on_document: bool = True,
+                            ids: V.SpecialIds = V.DEFAULT_SPECIAL_IDS) -> dict[str, tf.Tensor]:
   """File-level span corruption of one document (CodeGen2's final recipe).
 
   Per document a mask ratio r ~ U(mask_ratio) and a mean span length m ~
@@ -172,9 +178,9 @@ def span_corruption_example(tokens: tf.Tensor, seed, max_total=None, mask_ratio=
     num_noise = tf.clip_by_value(num_noise, 1, n - 1)
     wanted = tf.cast(tf.round(tf.cast(num_noise, tf.float32) / mean), tf.int32)
     return _corrupt_with_spans(tokens, num_noise, wanted, s_mask, max_spans, max_total,
-                               loss_on_document, SPAN_CORRUPTION)
+                               loss_on_document, SPAN_CORRUPTION, ids)
 
-  return tf.cond(n >= 2, corrupt, lambda: causal_lm_example(tokens))
+  return tf.cond(n >= 2, corrupt, lambda: causal_lm_example(tokens, ids))
 
 
 @gin.configurable(module="objectives")
@@ -182,7 +188,9 @@ def t5_span_corruption_example(tokens: tf.Tensor, seed, max_total=None,
                                noise_density: float = 0.15,
                                mean_noise_span_length: float = 3.0,
                                max_spans: int = V.NUM_SENTINELS,
-                               loss_on_document: bool = True) -> dict[str, tf.Tensor]:
+                               loss_on_document: bool = True,
+                               ids: V.SpecialIds = V.DEFAULT_SPECIAL_IDS
+                               ) -> dict[str, tf.Tensor]:
   """T5-style span corruption (Raffel et al.): round(density * n) noise tokens in
   round(noise / mean_span_length) spans, in the same one-decoder format as file-level span
   corruption. Long documents hit the sentinel cap (`max_spans`), which lengthens spans."""
@@ -195,14 +203,14 @@ def t5_span_corruption_example(tokens: tf.Tensor, seed, max_total=None,
     wanted = tf.cast(tf.round(tf.cast(num_noise, tf.float32) / mean_noise_span_length),
                      tf.int32)
     return _corrupt_with_spans(tokens, num_noise, wanted, seed, max_spans, max_total,
-                               loss_on_document, T5_SPAN_CORRUPTION)
+                               loss_on_document, T5_SPAN_CORRUPTION, ids)
 
-  return tf.cond(n >= 2, corrupt, lambda: causal_lm_example(tokens))
+  return tf.cond(n >= 2, corrupt, lambda: causal_lm_example(tokens, ids))
 
 
 @gin.configurable(module="objectives")
-def prefix_lm_example(tokens: tf.Tensor, seed, max_total=None, loss_on_prefix: bool = False
-                      ) -> dict[str, tf.Tensor]:
+def prefix_lm_example(tokens: tf.Tensor, seed, max_total=None, loss_on_prefix: bool = False,
+                      ids: V.SpecialIds = V.DEFAULT_SPECIAL_IDS) -> dict[str, tf.Tensor]:
   """Prefix-LM split at a uniform point k in 1..n-1 (see the module docstring).
 
   The first k + 1 positions (inputs <|endoftext|>, t_0 .. t_{k-1}) are the bidirectional
@@ -214,18 +222,19 @@ def prefix_lm_example(tokens: tf.Tensor, seed, max_total=None, loss_on_prefix: b
 
   def split():
     k = tf.random.stateless_uniform([], seed, 1, n, dtype=tf.int32)
-    seq = tf.concat([tokens, [V.EOS_ID]], 0)
+    seq = tf.concat([tokens, [ids.eos]], 0)
     idx = tf.range(n + 1)
     prefix = tf.cast(idx <= k, tf.int32)
     weights = tf.ones_like(seq) if loss_on_prefix else tf.cast(idx >= k, tf.int32)
     return _example(seq, weights, prefix, PREFIX_LM)
 
-  return tf.cond(n >= 2, split, lambda: causal_lm_example(tokens))
+  return tf.cond(n >= 2, split, lambda: causal_lm_example(tokens, ids))
 
 
 @gin.configurable(module="objectives")
 def psm_infill_example(tokens: tf.Tensor, seed, max_total=None,
-                       loss_on_document: bool = True) -> dict[str, tf.Tensor]:
+                       loss_on_document: bool = True,
+                       ids: V.SpecialIds = V.DEFAULT_SPECIAL_IDS) -> dict[str, tf.Tensor]:
   """PSM (prefix, suffix, middle) infill: two uniform cut points, a non-empty middle,
   written in the CodeGen2 infill format (one sentinel). Under 2 tokens: causal LM."""
   tokens = tf.cast(tokens, tf.int32)
@@ -237,14 +246,15 @@ def psm_infill_example(tokens: tf.Tensor, seed, max_total=None,
     end = tf.maximum(cuts[1], start + 1)
     idx = tf.range(n)
     noise = (idx >= start) & (idx < end)
-    targets, weights = corrupt_spans(tokens, noise, loss_on_document)
+    targets, weights = corrupt_spans(tokens, noise, loss_on_document, ids)
     return _example(targets, weights, tf.zeros_like(targets), PSM_INFILL)
 
-  return tf.cond(n >= 2, reorder, lambda: causal_lm_example(tokens))
+  return tf.cond(n >= 2, reorder, lambda: causal_lm_example(tokens, ids))
 
 
 EXAMPLE_FNS = {
-    "causal_lm": lambda tokens, seed, max_total=None: causal_lm_example(tokens),
+    "causal_lm": lambda tokens, seed, max_total=None, ids=V.DEFAULT_SPECIAL_IDS:
+        causal_lm_example(tokens, ids),
     "span_corruption": span_corruption_example,
     "t5_span_corruption": t5_span_corruption_example,
     "prefix_lm": prefix_lm_example,
@@ -293,11 +303,12 @@ def split_documents(dataset: tf.data.Dataset, sequence_length, reserve: int | No
 
 
 @gin.configurable(module="objectives")
-def objective_mixture(dataset: tf.data.Dataset, sequence_length=None,
+def objective_mixture(dataset: tf.data.Dataset, sequence_length=None, output_features=None,
                       probabilities=(("causal_lm", 0.5), ("span_corruption", 0.5))
                       ) -> tf.data.Dataset:
   """seqio preprocessor: each sequence draws its objective from `probabilities`
-  ((name, p) pairs over EXAMPLE_FNS; normalised). Deterministic for a seed."""
+  ((name, p) pairs over EXAMPLE_FNS; normalised). Deterministic for a seed. Special
+  tokens come from the `targets` vocabulary of `output_features` (ours by default)."""
   probabilities = dict(probabilities)
   unknown = set(probabilities) - set(EXAMPLE_FNS)
   if unknown:
@@ -307,12 +318,15 @@ def objective_mixture(dataset: tf.data.Dataset, sequence_length=None,
     raise ValueError(f"objective probabilities {probabilities} are all zero")
   logits = tf.math.log([[float(probabilities[k]) for k in names]])
   max_total = sequence_length["targets"] if sequence_length else None
+  ids = (V.special_ids(output_features["targets"].vocabulary) if output_features
+         else V.DEFAULT_SPECIAL_IDS)
 
   @seqio.map_over_dataset(num_seeds=2)
   def choose(ex, seeds):
     tokens = ex["targets"]
     pick = tf.random.stateless_categorical(logits, 1, seed=seeds[0], dtype=tf.int32)[0, 0]
-    branches = [functools.partial(lambda f: f(tokens, seeds[1], max_total), EXAMPLE_FNS[k])
+    branches = [functools.partial(lambda f: f(tokens, seeds[1], max_total, ids=ids),
+                                  EXAMPLE_FNS[k])
                 for k in names]
     out = tf.switch_case(pick, branches) if len(branches) > 1 else branches[0]()
     out["source"] = ex["source"]
@@ -322,17 +336,18 @@ def objective_mixture(dataset: tf.data.Dataset, sequence_length=None,
 
 
 @gin.configurable(module="objectives")
-def codegen2_mixture(dataset: tf.data.Dataset, sequence_length=None,
+def codegen2_mixture(dataset: tf.data.Dataset, sequence_length=None, output_features=None,
                      causal_prob: float = 0.5) -> tf.data.Dataset:
   """seqio preprocessor: per sequence, causal LM with probability `causal_prob`, else
   file-level span corruption (the paper's final recipe, 50/50 by default)."""
-  return objective_mixture(dataset, sequence_length, probabilities=(
+  return objective_mixture(dataset, sequence_length, output_features, probabilities=(
       ("causal_lm", causal_prob), ("span_corruption", 1.0 - causal_prob)))
 
 
 def single_objective(name: str):
   """A seqio preprocessor applying objective `name` (a key of EXAMPLE_FNS) to every doc."""
-  def preprocess(dataset, sequence_length=None):
-    return objective_mixture(dataset, sequence_length, probabilities=((name, 1.0),))
+  def preprocess(dataset, sequence_length=None, output_features=None):
+    return objective_mixture(dataset, sequence_length, output_features,
+                             probabilities=((name, 1.0),))
   preprocess.__name__ = f"{name}_objective"
   return preprocess

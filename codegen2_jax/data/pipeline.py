@@ -10,6 +10,7 @@ import seqio
 import tensorflow as tf
 
 from codegen2_jax.data import converters
+from codegen2_jax.data import vocab as V
 
 
 def _check_name(name: str) -> None:
@@ -37,9 +38,11 @@ def host_dataset(name: str, seq_len: int, batch_size: int, split: str = "train",
   num_shards = jax.process_count() if num_shards is None else num_shards
   if batch_size % num_shards:
     raise ValueError(f"BATCH_SIZE {batch_size} is not divisible by {num_shards} hosts")
+  vocab = seqio.get_mixture_or_task(name).output_features["targets"].vocabulary
+  converter = converters.CodeGenFeatureConverter(pack=pack, bos_id=V.special_ids(vocab).eos)
   ds = seqio.get_dataset(
-      name, converters.task_feature_lengths(seq_len),
-      converters.CodeGenFeatureConverter(pack=pack), dataset_split=split, shuffle=shuffle,
+      name, converters.task_feature_lengths(seq_len), converter,
+      dataset_split=split, shuffle=shuffle,
       num_epochs=num_epochs, seed=seed, use_cached=False,
       shard_info=seqio.ShardInfo(shard_index, num_shards) if num_shards > 1 else None)
   return ds.batch(batch_size // num_shards, drop_remainder=True).prefetch(2)

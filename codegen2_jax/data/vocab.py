@@ -11,6 +11,8 @@ byte (byte fallback, identity normalisation, whitespace-only pieces, no dummy pr
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import io
 import logging
 import os
@@ -18,8 +20,10 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
+import numpy as np
 import seqio
 import sentencepiece as spm
+import tensorflow as tf
 
 PAD_ID, UNK_ID, EOS_ID, SEP_ID, EOM_ID = 0, 1, 2, 3, 4
 FIRST_MASK_ID = 5
@@ -151,3 +155,118 @@ class CodeGenVocabulary(seqio.SentencePieceVocabulary):
       else:
         run.append(int(i))
     return "".join(out)
+
+
+# ----------------------------------------------------------------------------------------
+# Special-token ids of any vocabulary, and a vocabulary over a Hugging Face tokenizer.json
+
+
+@dataclasses.dataclass(frozen=True)
+class SpecialIds:
+  """Ids of the CodeGen2 special tokens in one vocabulary (masks[k-1] is <mask_k>)."""
+  eos: int
+  sep: int
+  eom: int
+  pad: int
+  masks: tuple[int, ...]
+
+  def mask(self, k: int) -> int:
+    """Id of <mask_k> (1-based)."""
+    if not 1 <= k <= len(self.masks):
+      raise ValueError(f"sentinel <mask_{k}> out of range 1..{len(self.masks)}")
+    return self.masks[k - 1]
+
+
+DEFAULT_SPECIAL_IDS = SpecialIds(eos=EOS_ID, sep=SEP_ID, eom=EOM_ID, pad=PAD_ID,
+                                 masks=tuple(range(FIRST_MASK_ID,
+                                                   FIRST_MASK_ID + NUM_SENTINELS)))
+
+
+def special_ids(vocabulary) -> SpecialIds:
+  """The special ids of a vocabulary: its `special_ids` attribute, else ours (fixed ids)."""
+  ids = getattr(vocabulary, "special_ids", None)
+  return ids if isinstance(ids, SpecialIds) else DEFAULT_SPECIAL_IDS
+
+
+class HfTokenizerVocabulary(seqio.Vocabulary):
+  """seqio Vocabulary over a Hugging Face `tokenizer.json` (e.g. CodeGen2's own file).
+
+  The file must define `<|endoftext|>`, `<sep>`, `<eom>` and `<mask_1>` (more `<mask_k>`
+  are used when present, in order); a missing one is an error naming it. `<pad>` is used
+  if present, else id 0 (padding is masked by segment ids anyway).
+  """
+
+  def __init__(self, path: str | os.PathLike):
+    super().__init__(extra_ids=0)
+    self._path = str(path)
+    self._tok = None
+
+  @property
+  def tokenizer(self):
+    if self._tok is None:
+      from tokenizers import Tokenizer
+      if not Path(self._path).is_file():
+        raise FileNotFoundError(f"Hugging Face tokenizer file {self._path} does not exist")
+      self._tok = Tokenizer.from_file(self._path)
+    return self._tok
+
+  @functools.cached_property
+  def special_ids(self) -> SpecialIds:
+    tok = self.tokenizer
+    ids = {}
+    for name in (EOS, SEP, EOM, mask_token(1)):
+      i = tok.token_to_id(name)
+      if i is None:
+        raise ValueError(f"tokenizer {self._path} has no {name!r} token, which the CodeGen2 "
+                         "objectives need")
+      ids[name] = i
+    masks = []
+    while (i := tok.token_to_id(mask_token(len(masks) + 1))) is not None:
+      masks.append(i)
+    pad = tok.token_to_id(PAD)
+    return SpecialIds(eos=ids[EOS], sep=ids[SEP], eom=ids[EOM],
+                      pad=0 if pad is None else pad, masks=tuple(masks))
+
+  @property
+  def eos_id(self) -> int:
+    return self.special_ids.eos
+
+  @property
+  def pad_id(self) -> int:
+    return self.special_ids.pad
+
+  @property
+  def unk_id(self):
+    return None
+
+  @property
+  def _base_vocab_size(self) -> int:
+    return self.tokenizer.get_vocab_size(with_added_tokens=True)
+
+  def _encode(self, s: str) -> list[int]:
+    return self.tokenizer.encode(s, add_special_tokens=False).ids
+
+  def _decode(self, ids) -> str:
+    return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=False)
+
+  def decode_visible(self, ids) -> str:
+    """Decodes showing every special token."""
+    return self._decode(ids)
+
+  def _encode_tf(self, s: tf.Tensor) -> tf.Tensor:
+    def enc(x):
+      return np.asarray(self._encode(x.numpy().decode("utf-8")), np.int32)
+    out = tf.py_function(enc, [s], tf.int32)
+    out.set_shape([None])
+    return out
+
+  def _decode_tf(self, ids: tf.Tensor) -> tf.Tensor:
+    out = tf.py_function(lambda x: self._decode(x.numpy().tolist()), [ids], tf.string)
+    out.set_shape([])
+    return out
+
+  def __eq__(self, other):
+    return isinstance(other, HfTokenizerVocabulary) and other._path == self._path
+
+  def __hash__(self):
+    return hash(self._path)
