@@ -37,15 +37,27 @@ def restore(manager: ocp.CheckpointManager, target: Any, step: int | None = None
   """Restores (step, state, data_position) shaped and sharded like `target`.
 
   `target` may hold arrays or jax.ShapeDtypeStructs with shardings (restore onto another
-  mesh). step None means the latest. Raises FileNotFoundError when there is none.
+  mesh). step None means the latest that restores: a partial or corrupt checkpoint is
+  skipped with a warning naming it, and the one before it is tried. Raises
+  FileNotFoundError when none restores.
   """
-  step = manager.latest_step() if step is None else step
-  if step is None:
+  steps = [step] if step is not None else sorted(manager.all_steps(), reverse=True)
+  if not steps:
     raise FileNotFoundError(f"no checkpoint in {manager.directory}")
-  out = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(_abstract(target)), data=ocp.args.JsonRestore()))
-  logging.info("restored checkpoint step %d from %s", step, manager.directory)
-  return step, out["state"], out["data"]
+  abstract = _abstract(target)
+  for s in steps:
+    try:
+      out = manager.restore(s, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
+    except Exception as e:  # orbax raises many kinds for truncated or missing files
+      if step is not None:
+        raise
+      logging.warning("checkpoint %s/%d does not restore (%s: %s); trying the previous one",
+                      manager.directory, s, type(e).__name__, str(e).splitlines()[0][:200])
+      continue
+    logging.info("restored checkpoint step %d from %s", s, manager.directory)
+    return s, out["state"], out["data"]
+  raise FileNotFoundError(f"no checkpoint in {manager.directory} restores (tried {steps})")
 
 
 def restore_params(checkpoint_dir: str | Path, abstract_params: Any, step: int | None = None):

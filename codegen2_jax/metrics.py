@@ -72,7 +72,9 @@ def reduce_window(steps: list[dict]) -> dict[str, float]:
   out = {}
   for k in steps[0]:
     vals = np.array([float(s[k]) for s in steps])
-    if k.startswith("tokens") or k == "loss_tokens":
+    if k == "skipped_steps":  # a running count: the latest value
+      out[k] = float(vals[-1])
+    elif k.startswith("tokens") or k == "loss_tokens":
       out[k] = float(vals.sum())
     elif k.startswith("loss/"):
       w = np.array([float(s["tokens/" + k[len("loss/"):]]) for s in steps])

@@ -24,15 +24,14 @@ def _decay_mask(params):
 
 @gin.configurable
 def make_optimizer(schedule: optax.Schedule, b1: float = 0.9, b2: float = 0.95,
-                   eps: float = 1e-8, weight_decay: float = 0.1, clip_norm: float = 1.0,
-                   accumulation_steps: int = 1) -> optax.GradientTransformation:
-  """AdamW (decoupled decay on ndim >= 2 params), global-norm clipping, optional
-  gradient accumulation over `accumulation_steps` microbatches (optax.MultiSteps)."""
+                   eps: float = 1e-8, weight_decay: float = 0.1, clip_norm: float = 1.0
+                   ) -> optax.GradientTransformation:
+  """AdamW (decoupled decay on ndim >= 2 params) after global-norm clipping.
+
+  (Gradient accumulation lives in the train step: make_train_step.microbatches.)"""
   tx = optax.chain(
       optax.clip_by_global_norm(clip_norm) if clip_norm else optax.identity(),
       optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
                   mask=_decay_mask),
   )
-  if accumulation_steps > 1:
-    tx = optax.MultiSteps(tx, every_k_schedule=accumulation_steps)
   return tx

@@ -38,7 +38,11 @@ def main(argv=None) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
   t0 = time.time()
-  summary = trainer.train(model_dir)
+  try:
+    summary = trainer.train(model_dir)
+  except FloatingPointError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
   if summary["first_loss"] is None:
     print(f"nothing to do: {model_dir} already holds step {summary['final_step']}", flush=True)
   else:

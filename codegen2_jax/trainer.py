@@ -119,8 +119,8 @@ def train(model_dir: str, *, mixture_or_task_name: str = gin.REQUIRED,
   data = pipeline.batches(ds, skip=data_position["batches"])
   batch_sharding = partitioning.batch_sharding(mesh, rules)
 
-  step_fn = jax.jit(ts.make_train_step(graphdef, tx, schedule), donate_argnums=0,
-                    out_shardings=(state_shardings, None))
+  step_fn_raw = ts.make_train_step(graphdef, tx, schedule)
+  step_fn = jax.jit(step_fn_raw, donate_argnums=0, out_shardings=(state_shardings, None))
   writer = metrics.MetricsWriter(model_dir, train_steps, is_primary=primary)
   preempt = _Preemption()
   clock = metrics.Throughput()
@@ -147,11 +147,17 @@ def train(model_dir: str, *, mixture_or_task_name: str = gin.REQUIRED,
         (Path(model_dir) / "config.gin").write_text(gin.operative_config_str())
       if step % log_every == 0 or step == train_steps or step == start + 1:
         # Log the mean over the window since the last line (T5X style), not one noisy step.
-        m = metrics.reduce_window(jax.device_get(window))
+        fetched = jax.device_get(window)
         window = []
-        if not np.isfinite(m["loss"]):
-          raise FloatingPointError(f"loss is {m['loss']} at step {step}; stopping "
-                                   f"(last checkpoint: {manager.latest_step()})")
+        finite = [bool(np.isfinite(w["loss"]) and np.isfinite(w["grad_norm"])) for w in fetched]
+        if not all(finite) and not step_fn_raw.skip_nonfinite:
+          i = finite.index(False)
+          raise FloatingPointError(
+              f"non-finite loss or gradient at step {step - len(fetched) + 1 + i} (loss "
+              f"{fetched[i]['loss']}, grad norm {fetched[i]['grad_norm']}); stopping (last "
+              f"checkpoint: {manager.latest_step()}; make_train_step.skip_nonfinite=True "
+              "skips such steps instead)")
+        m = metrics.reduce_window([w for w, ok in zip(fetched, finite) if ok] or fetched)
         tok_s, steps_s = clock.tick(tokens_since, steps_since)
         tokens_since, steps_since = 0.0, 0
         m["tokens_per_s"] = tok_s

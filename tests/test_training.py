@@ -1,0 +1,183 @@
+"""Training loop: accumulation, non-finite losses, checkpoint fallback, preemption, exact
+resume, mesh presets on 8 simulated devices, restore onto another device count."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from codegen2_jax import optim, train
+from codegen2_jax import train_step as ts
+from codegen2_jax.models.codegen import CodeGen, ModelConfig
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = ["--gin_file=gin/runs/test_tiny.gin", "--gin.train.show_samples_at_end=False"]
+
+
+def losses(model_dir):
+  """step -> loss from metrics.jsonl (a later line for the same step wins)."""
+  out = {}
+  for line in (Path(model_dir) / "metrics.jsonl").read_text().splitlines():
+    r = json.loads(line)
+    out[r["step"]] = r["loss"]
+  return out
+
+
+def run_cli(model_dir, *extra, devices=1, wait=True, timeout=600):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  cmd = [sys.executable, "-m", "codegen2_jax.train", *TINY, f"--model_dir={model_dir}", *extra]
+  p = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       text=True)
+  if not wait:
+    return p
+  out, _ = p.communicate(timeout=timeout)
+  return p.returncode, out
+
+
+def test_microbatches_equal_one_full_batch():
+  cfg = ModelConfig(vocab_size=97, d_model=32, n_layers=2, n_heads=4, head_dim=8,
+                    rotary_dim=4, d_ff=64, max_len=32)
+  graphdef, params = nnx.split(CodeGen(cfg, nnx.Rngs(0)), nnx.Param)
+  rng = np.random.RandomState(0)
+  seg = np.repeat([[1] * 10 + [2] * 14 + [0] * 8], 8, 0)
+  seg[3, 20:] = 0
+  batch = {"inputs": rng.randint(3, 97, (8, 32)), "targets": rng.randint(3, 97, (8, 32)),
+           "segment_ids": seg, "positions": np.tile(np.arange(32), (8, 1)),
+           "prefix": np.zeros((8, 32), int), "objective": np.ones((8, 32), int),
+           "loss_weights": (seg > 0).astype(int)}
+  batch = {k: jnp.asarray(v, jnp.int32) for k, v in batch.items()}
+  schedule = optim.learning_rate_schedule(peak=1e-2, warmup_steps=1, total_steps=10)
+  tx = optim.make_optimizer(schedule)
+  results = []
+  for k in (1, 4):
+    step = jax.jit(ts.make_train_step(graphdef, tx, schedule, microbatches=k))
+    state, m = step(ts.init_state(params, tx), batch)
+    results.append((state, m))
+  (s1, m1), (s4, m4) = results
+  np.testing.assert_allclose(m1["loss"], m4["loss"], rtol=1e-6)
+  np.testing.assert_allclose(m1["grad_norm"], m4["grad_norm"], rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(s1["params"]), jax.tree.leaves(s4["params"])):
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_nonfinite_loss_stops_naming_the_step_or_is_skipped(tmp_path, vocab, capsys):
+  assert train.main([*TINY, f"--model_dir={tmp_path / 'a'}", "--gin.loss_fn.z_loss=1e39"]) == 1
+  assert "non-finite loss or gradient at step 1 " in capsys.readouterr().err
+  assert train.main([*TINY, f"--model_dir={tmp_path / 'b'}", "--gin.loss_fn.z_loss=1e39",
+                     "--gin.make_train_step.skip_nonfinite=True"]) == 0
+  last = json.loads((tmp_path / "b" / "metrics.jsonl").read_text().splitlines()[-1])
+  assert last["skipped_steps"] == 4
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, vocab, capsys, caplog):
+  d = tmp_path / "run"
+  assert train.main([*TINY, f"--model_dir={d}"]) == 0
+  for f in (d / "checkpoints" / "4" / "state").rglob("*"):
+    if f.is_file() and f.stat().st_size > 0:
+      f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+  capsys.readouterr()
+  assert train.main([*TINY, f"--model_dir={d}", "--gin.TRAIN_STEPS=6"]) == 0
+  assert "steps 2..6" in capsys.readouterr().out
+  assert "checkpoints/4 does not restore" in caplog.text
+
+
+def test_sigterm_saves_the_current_step_and_exits_zero(tmp_path, vocab):
+  d = tmp_path / "run"
+  p = run_cli(d, "--gin.TRAIN_STEPS=100000", "--gin.CHECKPOINT_EVERY=100000", wait=False)
+  deadline = time.time() + 300
+  while time.time() < deadline and not (d / "metrics.jsonl").exists():
+    time.sleep(0.5)
+  time.sleep(2)
+  p.send_signal(signal.SIGTERM)
+  out, _ = p.communicate(timeout=120)
+  assert p.returncode == 0, out
+  steps = [int(x.name) for x in (d / "checkpoints").iterdir() if x.name.isdigit()]
+  assert len(steps) == 1 and steps[0] >= 1
+  assert steps[0] == max(losses(d)) or steps[0] >= max(losses(d))
+
+
+def test_exact_resume_after_sigkill(tmp_path, vocab):
+  ref = tmp_path / "ref"
+  code, out = run_cli(ref, "--gin.TRAIN_STEPS=8", "--gin.CHECKPOINT_EVERY=4")
+  assert code == 0, out
+  d = tmp_path / "killed"
+  p = run_cli(d, "--gin.TRAIN_STEPS=8", "--gin.CHECKPOINT_EVERY=4", wait=False)
+  deadline = time.time() + 300
+  while time.time() < deadline and not (d / "checkpoints" / "4").is_dir():
+    time.sleep(0.05)
+  p.send_signal(signal.SIGKILL)
+  p.communicate(timeout=60)
+  assert (d / "checkpoints" / "4").is_dir()
+  code, out = run_cli(d, "--gin.TRAIN_STEPS=8", "--gin.CHECKPOINT_EVERY=4")
+  assert code == 0, out
+  assert "steps 4..8" in out
+  want, got = losses(ref), losses(d)
+  for s in range(5, 9):
+    assert got[s] == pytest.approx(want[s], rel=1e-6, abs=1e-6), s
+
+
+@pytest.fixture(scope="module")
+def one_device_losses(tmp_path_factory, vocab):
+  d = tmp_path_factory.mktemp("one")
+  code, out = run_cli(d, "--gin.BATCH_SIZE=8", "--gin.TRAIN_STEPS=3")
+  assert code == 0, out
+  return losses(d)
+
+
+@pytest.mark.parametrize("preset", ["dp", "fsdp", "fsdp_tp"])
+def test_mesh_presets_on_8_devices_match_one_device(tmp_path, preset, one_device_losses):
+  d = tmp_path / preset
+  code, out = run_cli(d, f"--gin_file=gin/hardware/{preset}.gin", "--gin.BATCH_SIZE=8",
+                      "--gin.TRAIN_STEPS=3", devices=8)
+  assert code == 0, out
+  got = losses(d)
+  for s, want in one_device_losses.items():
+    assert got[s] == pytest.approx(want, rel=2e-5), (preset, s)
+  if preset == "fsdp":
+    _check_restore_on_one_device(d)
+
+
+def _check_restore_on_one_device(run_dir):
+  """The FSDP checkpoint (8 devices) restores here on 1 device with identical params."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  dump = run_dir / "params8.npz"
+  script = f"""
+import numpy as np, jax
+from flax import nnx
+import tasks
+from codegen2_jax import checkpoints, gin_config, partitioning, trainer
+from codegen2_jax.models.codegen import CodeGen, ModelConfig
+gin_config.parse([{str(run_dir / 'config.gin')!r}], [])
+cfg = ModelConfig()
+mesh = partitioning.make_mesh(data=1, fsdp=-1, tensor=1)
+abstract = nnx.state(nnx.eval_shape(lambda: CodeGen(cfg, nnx.Rngs(0))), nnx.Param)
+sh = partitioning.state_shardings(abstract, mesh, partitioning.DEFAULT_RULES)
+abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, sh)
+_, params = checkpoints.restore_params({str(run_dir / 'checkpoints')!r}, abstract)
+leaves = jax.tree.leaves(params)
+assert any(len(x.sharding.device_set) == 8 for x in leaves)
+np.savez({str(dump)!r}, *[np.asarray(x) for x in leaves])
+"""
+  subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, check=True)
+  from codegen2_jax import checkpoints, gin_config
+  gin_config.parse([str(run_dir / "config.gin")], [])
+  cfg = ModelConfig()
+  abstract = nnx.state(nnx.eval_shape(lambda: CodeGen(cfg, nnx.Rngs(0))), nnx.Param)
+  _, params = checkpoints.restore_params(run_dir / "checkpoints", abstract)
+  want = np.load(dump)
+  leaves = jax.tree.leaves(params)
+  assert len(leaves) == len(want.files)
+  for i, x in enumerate(leaves):
+    assert len(x.sharding.device_set) == 1
+    np.testing.assert_array_equal(np.asarray(x), want[f"arr_{i}"])
