@@ -28,8 +28,10 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, data_position: d
 
 
 def _abstract(target):
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(
-      x, "sharding", None)), target)
+  # Without a sharding, restore onto this process's first device (not into numpy).
+  default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+      x.shape, x.dtype, sharding=getattr(x, "sharding", None) or default), target)
 
 
 def restore(manager: ocp.CheckpointManager, target: Any, step: int | None = None
