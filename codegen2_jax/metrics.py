@@ -59,6 +59,23 @@ class MetricsWriter:
     logging.info(" | ".join(parts))
     print(" | ".join(parts), flush=True)
 
+  def write_eval(self, step: int, metrics: dict[str, float]) -> None:
+    """Records evaluation metrics (keys 'eval/...') at `step` and prints one line."""
+    if not self.is_primary:
+      return
+    record = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
+    self._jsonl.write(json.dumps(record) + "\n")
+    self._jsonl.flush()
+    import tensorflow as tf
+    with self._tb.as_default(step=int(step)):
+      for k, v in metrics.items():
+        tf.summary.scalar(k, float(v))
+    self._tb.flush()
+    line = (f"eval   {step:>6d}/{self.total_steps} | loss {record['eval/loss']:.4f} | "
+            f"perplexity {record['eval/perplexity']:.1f}")
+    logging.info(line)
+    print(line, flush=True)
+
   def close(self) -> None:
     if self._jsonl:
       self._jsonl.close()

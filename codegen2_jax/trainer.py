@@ -70,15 +70,52 @@ def show_samples(model_dir: str, cfg: ModelConfig, vocab, prompt: str, infill_pr
   return {"completion": completion, "infill": middle}
 
 
+def make_evaluator(graphdef, name: str, seq_len: int, batch_size: int, seed: int,
+                   num_batches: int, split: str, batch_sharding):
+  """params -> {'eval/loss', 'eval/perplexity', 'eval/loss/<objective>'} on a fixed set:
+  the first `num_batches` batches of `split` (the same batches at every call)."""
+  from codegen2_jax.data.objective_ids import OBJECTIVE_NAMES
+
+  @jax.jit
+  def sums(params, batch):
+    _, aux = ts.loss_fn(params, graphdef, batch)
+    return ts._sums(aux, batch)
+
+  def evaluate(params) -> dict[str, float]:
+    ds = pipeline.host_dataset(name, seq_len, batch_size, split=split, seed=seed,
+                               shuffle=False)
+    total = None
+    for local in pipeline.batches(ds.take(num_batches)):
+      batch = {k: jax.make_array_from_process_local_data(batch_sharding, v)
+               for k, v in local.items()}
+      s = jax.device_get(sums(params, batch))
+      total = s if total is None else jax.tree.map(np.add, total, s)
+    if total is None:
+      raise ValueError(f"the {split} split of {name} yielded no batch of {batch_size}")
+    loss = float(total["xent"] / max(total["weights"], 1.0))
+    out = {"eval/loss": loss, "eval/perplexity": float(np.exp(min(loss, 50.0))),
+           "eval/accuracy": float(total["correct"] / max(total["weights"], 1.0)),
+           "eval/loss_tokens": float(total["weights"])}
+    for i, obj in enumerate(OBJECTIVE_NAMES):
+      if total["objective_tokens"][i] > 0:
+        out[f"eval/loss/{obj}"] = float(total["objective_xent"][i] / total["objective_tokens"][i])
+    return out
+
+  return evaluate
+
+
 @gin.configurable(denylist=["model_dir"])
 def train(model_dir: str, *, mixture_or_task_name: str = gin.REQUIRED,
           train_steps: int = gin.REQUIRED, batch_size: int = gin.REQUIRED,
           seq_len: int = gin.REQUIRED, checkpoint_every: int = 1000, log_every: int = 50,
           seed: int = 0, sample_prompt: str = "def fibonacci(n):\n",
           infill_prefix: str = "def add(a, b):\n    ", infill_suffix: str = "\n",
-          sample_tokens: int = 48, show_samples_at_end: bool = True) -> dict:
+          sample_tokens: int = 48, show_samples_at_end: bool = True, eval_every: int = 0,
+          eval_batches: int = 8, eval_split: str = "validation") -> dict:
   """Trains for `train_steps` steps (resuming from the latest checkpoint in model_dir).
 
+  Every `eval_every` steps (0: never) and at the end, the loss and perplexity on the first
+  `eval_batches` batches of `eval_split` are logged as eval/* metrics.
   Returns a summary dict: first and last logged loss, steps run, and the samples.
   """
   import tasks  # noqa: F401  (registers the stock tasks and mixtures)
@@ -122,6 +159,8 @@ def train(model_dir: str, *, mixture_or_task_name: str = gin.REQUIRED,
   step_fn_raw = ts.make_train_step(graphdef, tx, schedule)
   step_fn = jax.jit(step_fn_raw, donate_argnums=0, out_shardings=(state_shardings, None))
   writer = metrics.MetricsWriter(model_dir, train_steps, is_primary=primary)
+  evaluate = make_evaluator(graphdef, mixture_or_task_name, seq_len, batch_size, seed,
+                            eval_batches, eval_split, batch_sharding) if eval_every else None
   preempt = _Preemption()
   clock = metrics.Throughput()
   first_loss = last_loss = None
@@ -164,6 +203,8 @@ def train(model_dir: str, *, mixture_or_task_name: str = gin.REQUIRED,
         writer.write(step, m, steps_s)
         first_loss = float(m["loss"]) if first_loss is None else first_loss
         last_loss = float(m["loss"])
+      if evaluate and (step % eval_every == 0 or step == train_steps):
+        writer.write_eval(step, evaluate(state["params"]))
       if step % checkpoint_every == 0 or step == train_steps or preempt.requested:
         checkpoints.save(manager, step, state, data_position, force=preempt.requested)
       if preempt.requested:

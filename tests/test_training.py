@@ -28,7 +28,8 @@ def losses(model_dir):
   out = {}
   for line in (Path(model_dir) / "metrics.jsonl").read_text().splitlines():
     r = json.loads(line)
-    out[r["step"]] = r["loss"]
+    if "loss" in r:
+      out[r["step"]] = r["loss"]
   return out
 
 
