@@ -1,7 +1,8 @@
 """Pretraining entry point.
 
     python -m codegen2_jax.train --gin_file=gin/runs/demo_cpu.gin --model_dir=DIR \\
-        [--gin_file=...] [--gin.NAME=VALUE ...]
+        [--gin_file=...] [--gin.NAME=VALUE ...] \\
+        [--coordinator_address=HOST:PORT --num_processes=N --process_id=I]
 
 Gin-configured in the T5X way (see gin_config); the loop itself is `trainer.train`.
 """
@@ -19,9 +20,12 @@ def main(argv=None) -> int:
   logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
   files, bindings, rest = gin_config.split_argv(sys.argv[1:] if argv is None else argv)
   model_dir = None
+  dist = {}
   for a in rest:
     if a.startswith("--model_dir="):
       model_dir = a.split("=", 1)[1]
+    elif a.split("=", 1)[0] in ("--coordinator_address", "--num_processes", "--process_id"):
+      dist[a.split("=", 1)[0][2:]] = a.split("=", 1)[1]
     else:
       print(f"unknown argument {a!r}; usage: python -m codegen2_jax.train "
             "--gin_file=F [--gin_file=...] --model_dir=DIR [--gin.NAME=VALUE ...]",
@@ -30,6 +34,8 @@ def main(argv=None) -> int:
   if not model_dir or not files:
     print("--model_dir and at least one --gin_file are required", file=sys.stderr)
     return 2
+  from codegen2_jax import distributed
+  distributed.initialize(**dist)  # before anything touches a device
   import tasks  # noqa: F401  register tasks before gin names them
   from codegen2_jax import trainer  # noqa: F401  registers `train` with gin
   try:

@@ -153,6 +153,10 @@ def train(model_dir: str, *, mixture_or_task_name: str = gin.REQUIRED,
   start = int(state["step"])
 
   ds = pipeline.host_dataset(mixture_or_task_name, seq_len, batch_size, seed=seed)
+  if jax.process_count() > 1:
+    print(f"process {jax.process_index()}: reading data shard {jax.process_index()} of "
+          f"{jax.process_count()}, {batch_size // jax.process_count()} rows per step",
+          flush=True)
   data = pipeline.batches(ds, skip=data_position["batches"])
   batch_sharding = partitioning.batch_sharding(mesh, rules)
 
@@ -216,7 +220,7 @@ def train(model_dir: str, *, mixture_or_task_name: str = gin.REQUIRED,
     (Path(model_dir) / "config.gin").write_text(gin.config_str())
   summary = {"first_loss": first_loss, "last_loss": last_loss, "steps": step - start,
              "final_step": step, "preempted": preempt.requested}
-  if show_samples_at_end and not preempt.requested:
+  if show_samples_at_end and not preempt.requested and primary:
     summary.update(show_samples(model_dir, cfg, vocab, sample_prompt, infill_prefix,
                                 infill_suffix, sample_tokens))
   return summary

@@ -182,3 +182,35 @@ np.savez({str(dump)!r}, *[np.asarray(x) for x in leaves])
   for i, x in enumerate(leaves):
     assert len(x.sharding.device_set) == 1
     np.testing.assert_array_equal(np.asarray(x), want[f"arr_{i}"])
+
+
+def test_two_processes_train_save_and_resume(tmp_path, vocab):
+  """jax.distributed over loopback, 2 CPU devices per process, FSDP over all 4."""
+  import socket
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  d = tmp_path / "run"
+
+  def launch(steps, port):
+    procs = []
+    for i in range(2):
+      env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
+                 XLA_FLAGS="--xla_force_host_platform_device_count=2")
+      cmd = [sys.executable, "-m", "codegen2_jax.train", *TINY, f"--model_dir={d}",
+             "--gin_file=gin/hardware/fsdp.gin", "--gin.BATCH_SIZE=8",
+             f"--gin.TRAIN_STEPS={steps}", f"--coordinator_address=127.0.0.1:{port}",
+             "--num_processes=2", f"--process_id={i}"]
+      procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True))
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    return outs
+
+  outs = launch(4, port)
+  for i, out in enumerate(outs):
+    assert f"process {i}: reading data shard {i} of 2, 4 rows per step" in out
+  assert sorted(int(p.name) for p in (d / "checkpoints").iterdir() if p.name.isdigit()) == [2, 4]
+  outs = launch(6, port + 1)
+  assert all("steps 4..6" in out for out in outs)
+  assert max(losses(d)) == 6
