@@ -55,6 +55,8 @@ class MetricsWriter:
       parts.append(f"gnorm {record['grad_norm']:.2f}")
     if "tokens_per_s" in record:
       parts.append(f"tok/s {record['tokens_per_s']:,.0f}")
+    if "mfu" in record:
+      parts.append(f"MFU {record['mfu']:.1%}")
     parts.append(f"ETA {_fmt_eta(eta)}")
     logging.info(" | ".join(parts))
     print(" | ".join(parts), flush=True)

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from codegen2_jax import checkpoints, decoding, metrics, optim, partitioning
+from codegen2_jax import checkpoints, decoding, flops, metrics, optim, partitioning
 from codegen2_jax import train_step as ts
 from codegen2_jax.data import pipeline
 from codegen2_jax.models.codegen import CodeGen, ModelConfig, count_params
@@ -163,6 +163,8 @@ def train(model_dir: str, *, mixture_or_task_name: str = gin.REQUIRED,
   step_fn_raw = ts.make_train_step(graphdef, tx, schedule)
   step_fn = jax.jit(step_fn_raw, donate_argnums=0, out_shardings=(state_shardings, None))
   writer = metrics.MetricsWriter(model_dir, train_steps, is_primary=primary)
+  flops_per_token = flops.training_flops_per_token(cfg, count_params(model), seq_len)
+  peak = flops.peak_flops_per_device()  # None on CPU unless set: no MFU then
   evaluate = make_evaluator(graphdef, mixture_or_task_name, seq_len, batch_size, seed,
                             eval_batches, eval_split, batch_sharding) if eval_every else None
   preempt = _Preemption()
@@ -204,6 +206,8 @@ def train(model_dir: str, *, mixture_or_task_name: str = gin.REQUIRED,
         tok_s, steps_s = clock.tick(tokens_since, steps_since)
         tokens_since, steps_since = 0.0, 0
         m["tokens_per_s"] = tok_s
+        if peak:
+          m["mfu"] = tok_s * flops_per_token / (peak * jax.device_count())
         writer.write(step, m, steps_s)
         first_loss = float(m["loss"]) if first_loss is None else first_loss
         last_loss = float(m["loss"])

@@ -37,6 +37,15 @@ def test_writes_metrics_config_tensorboard_and_checkpoints(trained, capsys):
   assert steps == [2, 4]
 
 
+def test_mfu_in_progress_lines_with_a_peak(tmp_path, vocab, capsys):
+  assert run(tmp_path, "--gin.TRAIN_STEPS=2", "--gin.train.show_samples_at_end=False",
+             "--gin.peak_flops_per_device.override=1e11") == 0
+  assert "MFU " in capsys.readouterr().out
+  recs = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  rec = [r for r in recs if "loss" in r][-1]
+  assert 0 < rec["mfu"] < 1
+
+
 def test_resume_continues_from_the_latest_checkpoint(trained, capsys):
   assert run(trained, "--gin.TRAIN_STEPS=6", "--gin.train.show_samples_at_end=False") == 0
   lines = [json.loads(x) for x in (trained / "metrics.jsonl").read_text().splitlines()]
