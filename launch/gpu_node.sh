@@ -7,6 +7,7 @@
 #
 # Needs `pip install -e '.[gpu]'`. --dry_run prints the command instead of running it.
 set -euo pipefail
+HERE="$(cd "$(dirname "$0")" && pwd)"
 GPUS="" DRY=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -22,17 +23,7 @@ cd "$(dirname "$0")/.."
 ENV=(XLA_PYTHON_CLIENT_MEM_FRACTION=0.92
      "XLA_FLAGS=--xla_gpu_enable_latency_hiding_scheduler=true ${XLA_FLAGS:-}")
 [[ -n "$GPUS" ]] && ENV+=("CUDA_VISIBLE_DEVICES=$GPUS")
-show() {  # print a command so that it can be pasted back into a shell
-  local out=() a q="'"
-  for a in "$@"; do
-    if [[ -z "$a" || "$a" =~ [^A-Za-z0-9_./:=,@%+~-] ]]; then
-      out+=("$q${a//$q/$q\\$q$q}$q")
-    else
-      out+=("$a")
-    fi
-  done
-  echo "${out[*]}"
-}
+source "$HERE/common.sh"  # show()
 CMD=(env "${ENV[@]}" python3 -m codegen2_jax.train "$@")
 show "${CMD[@]}"
 [[ $DRY == 1 ]] || exec "${CMD[@]}"

@@ -12,6 +12,7 @@
 # jax.distributed needs no flags on a TPU VM: every worker finds the others itself.
 # --dry_run prints the commands instead of running them.
 set -euo pipefail
+HERE="$(cd "$(dirname "$0")" && pwd)"
 TPU="" ZONE="" ACCEL="" PROJECT="" CREATE=0 VERSION="tpu-ubuntu2204-base" INSTALL=1 DRY=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -35,17 +36,7 @@ G=(gcloud compute tpus tpu-vm)
 COMMON=(--zone="$ZONE")
 [[ -n "$PROJECT" ]] && COMMON+=(--project="$PROJECT")
 
-show() {  # print a command so that it can be pasted back into a shell
-  local out=() a q="'"
-  for a in "$@"; do
-    if [[ -z "$a" || "$a" =~ [^A-Za-z0-9_./:=,@%+~-] ]]; then
-      out+=("$q${a//$q/$q\\$q$q}$q")
-    else
-      out+=("$a")
-    fi
-  done
-  echo "${out[*]}"
-}
+source "$HERE/common.sh"  # show()
 
 run() {  # print, and run unless --dry_run
   show "$@"
