@@ -87,7 +87,8 @@ class MetricsWriter:
 
 def reduce_window(steps: list[dict]) -> dict[str, float]:
   """Combines the per-step metrics of a log window: token counts are summed, per-objective
-  losses weighted by their token counts (`loss/X` by `tokens/X`), the rest averaged."""
+  losses and accuracies weighted by their token counts (`loss/X` by `tokens/X`), the rest
+  averaged."""
   out = {}
   for k in steps[0]:
     vals = np.array([float(s[k]) for s in steps])
@@ -95,8 +96,8 @@ def reduce_window(steps: list[dict]) -> dict[str, float]:
       out[k] = float(vals[-1])
     elif k.startswith("tokens") or k == "loss_tokens":
       out[k] = float(vals.sum())
-    elif k.startswith("loss/"):
-      w = np.array([float(s["tokens/" + k[len("loss/"):]]) for s in steps])
+    elif k.startswith(("loss/", "accuracy/")):
+      w = np.array([float(s["tokens/" + k.split("/", 1)[1]]) for s in steps])
       out[k] = float((vals * w).sum() / max(w.sum(), 1.0))
     else:
       out[k] = float(vals.mean())

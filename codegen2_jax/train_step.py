@@ -51,7 +51,8 @@ def _sums(aux, batch) -> dict[str, jax.Array]:
   return {"xent": (aux["xent"] * w).sum(), "correct": (aux["correct"] * w).sum(),
           "weights": w.sum(), "tokens": (batch["segment_ids"] > 0).sum().astype(jnp.float32),
           "objective_tokens": onehot.sum((0, 1)),
-          "objective_xent": (onehot * aux["xent"][..., None]).sum((0, 1))}
+          "objective_xent": (onehot * aux["xent"][..., None]).sum((0, 1)),
+          "objective_correct": (onehot * aux["correct"][..., None]).sum((0, 1))}
 
 
 def _metrics(sums, grads, lr, skipped) -> dict[str, jax.Array]:
@@ -66,7 +67,9 @@ def _metrics(sums, grads, lr, skipped) -> dict[str, jax.Array]:
       "skipped_steps": skipped,
   }
   for i, name in enumerate(OBJECTIVE_NAMES):
-    m[f"loss/{name}"] = sums["objective_xent"][i] / jnp.maximum(sums["objective_tokens"][i], 1.0)
+    n = jnp.maximum(sums["objective_tokens"][i], 1.0)
+    m[f"loss/{name}"] = sums["objective_xent"][i] / n
+    m[f"accuracy/{name}"] = sums["objective_correct"][i] / n
     m[f"tokens/{name}"] = sums["objective_tokens"][i]
   return m
 
