@@ -24,11 +24,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from flax import nnx  # noqa: E402
 
-from codegen2_jax import gin_config, optim, train_step  # noqa: E402
+from codegen2_jax import gin_config  # noqa: E402
 from codegen2_jax.models import attention  # noqa: E402
-from codegen2_jax.models.codegen import CodeGen, ModelConfig, count_params  # noqa: E402
+from codegen2_jax.models.codegen import ModelConfig  # noqa: E402
+from timing import time_train_step  # noqa: E402  (benchmarks/timing.py)
 
 DENSE_BF16_PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 
@@ -65,40 +65,10 @@ def packed_batch(batch: int, seq: int, vocab: int, segments: int = 4) -> dict:
 
 
 def bench_train_step(cfg: ModelConfig, batch: int, seq: int, steps: int) -> dict:
-  model = nnx.eval_shape(lambda: CodeGen(cfg, nnx.Rngs(0)))
-  graphdef, _ = nnx.split(model, nnx.Param)
-  n_params = count_params(model)
-  schedule = optim.learning_rate_schedule(peak=1e-4, warmup_steps=10, total_steps=1000)
-  tx = optim.make_optimizer(schedule)
-
-  @jax.jit
-  def init():
-    return train_step.init_state(nnx.state(CodeGen(cfg, nnx.Rngs(0)), nnx.Param), tx)
-
-  state = init()
-  step = jax.jit(train_step.make_train_step(graphdef, tx, schedule), donate_argnums=0)
-  data = {k: jnp.asarray(v) for k, v in packed_batch(batch, seq, cfg.vocab_size).items()}
-  t0 = time.perf_counter()
-  state, m = step(state, data)
-  jax.block_until_ready(m)
-  compile_s = time.perf_counter() - t0
-  state, m = step(state, data)
-  jax.block_until_ready(m)
-  t = time.perf_counter()
-  for _ in range(steps):
-    state, m = step(state, data)
-  jax.block_until_ready(m)
-  dt = (time.perf_counter() - t) / steps
-  tokens = batch * seq
-  # Training FLOPs per token: 6 N (matmuls incl. lm_head, excl. the embedding gather)
-  # + 12 L d seq (attention scores and values, forward + backward, full square).
-  non_embed = n_params - cfg.vocab_size * cfg.d_model
-  flops_per_token = 6 * non_embed + 12 * cfg.n_layers * cfg.d_model * seq
+  out = time_train_step(cfg, packed_batch(batch, seq, cfg.vocab_size), steps)
   stats = jax.devices()[0].memory_stats() or {}
-  return {"params": n_params, "step_s": dt, "tokens_per_s": tokens / dt,
-          "model_tflops_per_s": flops_per_token * tokens / dt / 1e12,
-          "first_step_s_incl_compile": compile_s, "loss": float(m["loss"]),
-          "peak_memory_gb": stats.get("peak_bytes_in_use", 0) / 1e9}
+  out["peak_memory_gb"] = stats.get("peak_bytes_in_use", 0) / 1e9
+  return out
 
 
 def attention_check(impl: str) -> float:

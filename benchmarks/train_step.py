@@ -24,10 +24,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from flax import nnx  # noqa: E402
-
-from codegen2_jax import optim, train_step  # noqa: E402
-from codegen2_jax.models.codegen import CodeGen, ModelConfig, count_params  # noqa: E402
+from codegen2_jax.models.codegen import ModelConfig  # noqa: E402
+from timing import time_train_step  # noqa: E402  (benchmarks/timing.py)
 
 CONFIGS = {  # the CPU demo's model, and a ~100M one (768 wide, 12 layers, seq 512, batch 4)
     "small": dict(vocab_size=8192, d_model=256, n_layers=4, n_heads=4, head_dim=64,
@@ -52,12 +50,6 @@ def matmul_peak_gflops(n: int = 4096, reps: int = 10) -> float:
   return best
 
 
-def flops_per_token(cfg: dict, n_params: int) -> float:
-  """6 N (all matmul weights, lm_head included, embedding gather excluded) + attention."""
-  non_embed = n_params - cfg["vocab_size"] * cfg["d_model"]
-  return 6 * non_embed + 12 * cfg["n_layers"] * cfg["d_model"] * cfg["seq_len"]
-
-
 def batch(cfg: dict) -> dict:
   rng = np.random.RandomState(0)
   b, l = cfg["batch_size"], cfg["seq_len"]
@@ -70,23 +62,7 @@ def batch(cfg: dict) -> dict:
 def ours(cfg: dict, steps: int) -> dict:
   mcfg = ModelConfig(**{k: v for k, v in cfg.items() if k not in ("seq_len", "batch_size")},
                      max_len=cfg["seq_len"], dtype="float32", attention_impl="xla")
-  model = CodeGen(mcfg, nnx.Rngs(0))
-  graphdef, params = nnx.split(model, nnx.Param)
-  schedule = optim.learning_rate_schedule(peak=1e-4, warmup_steps=1, total_steps=100)
-  tx = optim.make_optimizer(schedule)
-  step = jax.jit(train_step.make_train_step(graphdef, tx, schedule), donate_argnums=0)
-  state = train_step.init_state(params, tx)
-  data = {k: jnp.asarray(v, jnp.int32) for k, v in batch(cfg).items()}
-  for _ in range(2):  # compile + warm-up
-    state, m = step(state, data)
-  jax.block_until_ready(m)
-  t = time.perf_counter()
-  for _ in range(steps):
-    state, m = step(state, data)
-  jax.block_until_ready(m)
-  dt = (time.perf_counter() - t) / steps
-  return {"params": count_params(model), "step_s": dt,
-          "tokens_per_s": cfg["batch_size"] * cfg["seq_len"] / dt}
+  return time_train_step(mcfg, batch(cfg), steps)
 
 
 def torch_step(cfg: dict, steps: int) -> dict:
@@ -136,9 +112,8 @@ def main() -> None:
          "malloc": os.environ.get("LD_PRELOAD", "") or "default"}
   out["matmul_peak_gflops"] = matmul_peak_gflops()
   out.update(ours(cfg, args.steps))
-  achieved = flops_per_token(cfg, out["params"]) * out["tokens_per_s"] / 1e9
-  out["model_gflops_per_s"] = achieved
-  out["mfu"] = achieved / out["matmul_peak_gflops"]
+  out["model_gflops_per_s"] = out["model_tflops_per_s"] * 1e3
+  out["mfu"] = out["model_gflops_per_s"] / out["matmul_peak_gflops"]
   if not args.no_torch:
     out.update(torch_step(cfg, args.steps))
     out["ours_vs_torch"] = out["tokens_per_s"] / out["torch_tokens_per_s"]

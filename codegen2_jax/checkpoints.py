@@ -69,12 +69,15 @@ def restore_params(checkpoint_dir: str | Path, abstract_params: Any, step: int |
   Returns (step, params).
   """
   manager = ocp.CheckpointManager(Path(checkpoint_dir).absolute())
-  step = manager.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f"no checkpoint in {checkpoint_dir}")
-  abstract = {"params": _abstract(abstract_params)}
-  out = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.PyTreeRestore(
-          abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
-          partial_restore=True)))
+  try:
+    step = manager.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {checkpoint_dir}")
+    abstract = {"params": _abstract(abstract_params)}
+    out = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(
+            abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+            partial_restore=True)))
+  finally:
+    manager.close()
   return step, out["state"]["params"]

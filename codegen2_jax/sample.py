@@ -67,7 +67,6 @@ def main(argv=None) -> int:
   from flax import nnx
 
   from codegen2_jax import checkpoints, decoding
-  from codegen2_jax.data import vocab as V
   from codegen2_jax.models.codegen import CodeGen, ModelConfig
 
   cfg = ModelConfig()

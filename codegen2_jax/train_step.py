@@ -55,6 +55,12 @@ def _sums(aux, batch) -> dict[str, jax.Array]:
           "objective_correct": (onehot * aux["correct"][..., None]).sum((0, 1))}
 
 
+def batch_sums(params: nnx.State, graphdef, batch) -> dict[str, jax.Array]:
+  """Additive loss statistics of `batch` without gradients (for evaluation)."""
+  _, aux = loss_fn(params, graphdef, batch)
+  return _sums(aux, batch)
+
+
 def _metrics(sums, grads, lr, skipped) -> dict[str, jax.Array]:
   total = jnp.maximum(sums["weights"], 1.0)
   m = {

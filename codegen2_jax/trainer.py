@@ -14,7 +14,6 @@ from pathlib import Path
 
 import gin
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -76,10 +75,7 @@ def make_evaluator(graphdef, name: str, seq_len: int, batch_size: int, seed: int
   the first `num_batches` batches of `split` (the same batches at every call)."""
   from codegen2_jax.data.objective_ids import OBJECTIVE_NAMES
 
-  @jax.jit
-  def sums(params, batch):
-    _, aux = ts.loss_fn(params, graphdef, batch)
-    return ts._sums(aux, batch)
+  sums = jax.jit(lambda params, batch: ts.batch_sums(params, graphdef, batch))
 
   def evaluate(params) -> dict[str, float]:
     ds = pipeline.host_dataset(name, seq_len, batch_size, split=split, seed=seed,
@@ -171,8 +167,6 @@ def train(model_dir: str, *, mixture_or_task_name: str = gin.REQUIRED,
   clock = metrics.Throughput()
   first_loss = last_loss = None
   window = []
-  tokens_since = 0.0
-  steps_since = 0
   step = start
   print(f"training {mixture_or_task_name}: steps {start}..{train_steps}, batch {batch_size} "
         f"x {seq_len} tokens, {count_params(model) / 1e6:.2f}M parameters", flush=True)
@@ -186,8 +180,6 @@ def train(model_dir: str, *, mixture_or_task_name: str = gin.REQUIRED,
       window.append(m)
       step += 1
       data_position["batches"] += 1
-      steps_since += 1
-      tokens_since += float(local["segment_ids"].astype(bool).sum()) * jax.process_count()
       if step == start + 1 and primary:
         (Path(model_dir) / "config.gin").write_text(gin.operative_config_str())
       if step % log_every == 0 or step == train_steps or step == start + 1:
@@ -203,8 +195,8 @@ def train(model_dir: str, *, mixture_or_task_name: str = gin.REQUIRED,
               f"checkpoint: {manager.latest_step()}; make_train_step.skip_nonfinite=True "
               "skips such steps instead)")
         m = metrics.reduce_window([w for w, ok in zip(fetched, finite) if ok] or fetched)
-        tok_s, steps_s = clock.tick(tokens_since, steps_since)
-        tokens_since, steps_since = 0.0, 0
+        # The step counts the global batch's real tokens itself (all hosts together).
+        tok_s, steps_s = clock.tick(sum(float(w["tokens"]) for w in fetched), len(fetched))
         m["tokens_per_s"] = tok_s
         if peak:
           m["mfu"] = tok_s * flops_per_token / (peak * jax.device_count())

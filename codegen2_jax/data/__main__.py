@@ -28,8 +28,8 @@ def _setup(args, files, bindings) -> None:
   for module in args.module or []:
     importlib.import_module(module)
   gin_config.parse(files, bindings)
-  from codegen2_jax.data.pipeline import _check_name
-  _check_name(args.mixture)
+  from codegen2_jax.data.pipeline import check_name
+  check_name(args.mixture)
 
 
 def inspect_examples(name: str, n: int, split: str = "train", seq_len: int = 2048,

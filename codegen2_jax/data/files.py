@@ -27,7 +27,7 @@ import json
 import logging
 import os
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -136,7 +136,8 @@ def read_file(path: str) -> Iterator[tuple[str, str]]:
     logging.info("skipped %s (%s)", path, "binary" if stats.binary else "empty")
 
 
-def _held_out(name: str, every: int) -> bool:
+def held_out(name: str, every: int) -> bool:
+  """Whether document `name` belongs to the validation split (one in `every`, by CRC)."""
   return zlib.crc32(name.encode()) % every == 0
 
 
@@ -192,7 +193,7 @@ class FileSource(seqio.DataSource):
     def generate(path):
       path = path.decode() if isinstance(path, bytes) else path
       for name, text in reader(path):
-        if _held_out(name, every) == want_validation:
+        if held_out(name, every) == want_validation:
           yield {"source": name, "text": text}
 
     spec = {"source": tf.TensorSpec([], tf.string), "text": tf.TensorSpec([], tf.string)}

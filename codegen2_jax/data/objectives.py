@@ -50,6 +50,9 @@ from codegen2_jax.data.objective_ids import (  # noqa: F401  (re-exported)
     CAUSAL_LM, OBJECTIVE_NAMES, PREFIX_LM, PSM_INFILL, SPAN_CORRUPTION, T5_SPAN_CORRUPTION)
 
 
+DEFAULT_MAX_SPANS = 16  # file-level span corruption; also what split_documents reserves for
+
+
 def span_corruption_overhead(max_spans: int) -> int:
   """Upper bound on the tokens file-level span corruption adds to a document.
 
@@ -156,7 +159,7 @@ def _corrupt_with_spans(tokens, num_noise, wanted_spans, seed, max_spans, max_to
 
 @gin.configurable(module="objectives")
 def span_corruption_example(tokens: tf.Tensor, seed, max_total=None, mask_ratio=(0.05, 0.25),
-                            mean_span_length=(3.0, 20.0), max_spans: int = 16,
+                            mean_span_length=(3.0, 20.0), max_spans: int = DEFAULT_MAX_SPANS,
                             loss_on_document: bool = True,
                             ids: V.SpecialIds = V.DEFAULT_SPECIAL_IDS) -> dict[str, tf.Tensor]:
   """File-level span corruption of one document (CodeGen2's final recipe).
@@ -266,10 +269,6 @@ EXAMPLE_FNS = {
 # seqio preprocessors
 
 
-def tokens_reserved(max_spans: int = 16) -> int:
-  return span_corruption_overhead(max_spans)
-
-
 @gin.configurable(module="objectives")
 def split_documents(dataset: tf.data.Dataset, sequence_length, reserve: int | None = None
                     ) -> tf.data.Dataset:
@@ -280,7 +279,7 @@ def split_documents(dataset: tf.data.Dataset, sequence_length, reserve: int | No
   Empty documents are dropped.
   """
   if reserve is None:
-    reserve = tokens_reserved()
+    reserve = span_corruption_overhead(DEFAULT_MAX_SPANS)
   max_len = sequence_length["targets"] - reserve
   if max_len < 1:
     raise ValueError(f"SEQ_LEN {sequence_length['targets']} leaves no room for a document "

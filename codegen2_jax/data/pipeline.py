@@ -13,7 +13,8 @@ from codegen2_jax.data import converters
 from codegen2_jax.data import vocab as V
 
 
-def _check_name(name: str) -> None:
+def check_name(name: str) -> None:
+  """Raises ValueError naming `name` (with close matches) unless it is registered."""
   known = set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
   if name not in known:
     import difflib
@@ -33,7 +34,7 @@ def host_dataset(name: str, seq_len: int, batch_size: int, split: str = "train",
   shard (default: jax.process_index() of jax.process_count()) and yields
   batch_size / num_shards rows per step. The pipeline is deterministic for a seed.
   """
-  _check_name(name)
+  check_name(name)
   shard_index = jax.process_index() if shard_index is None else shard_index
   num_shards = jax.process_count() if num_shards is None else num_shards
   if batch_size % num_shards:

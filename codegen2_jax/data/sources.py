@@ -15,11 +15,12 @@ import functools
 import logging
 import os
 import sysconfig
-import zlib
 from pathlib import Path
 
 import seqio
 import tensorflow as tf
+
+from codegen2_jax.data import files
 
 VALIDATION_EVERY = 50  # one document in 50 is held out
 
@@ -39,10 +40,6 @@ def stdlib_root() -> Path:
   return Path(sysconfig.get_paths()["stdlib"])
 
 
-def _split_of(name: str) -> str:
-  return "validation" if zlib.crc32(name.encode()) % VALIDATION_EVERY == 0 else "train"
-
-
 def _stdlib_files() -> list[Path]:
   root = stdlib_root()
   files = []
@@ -52,26 +49,18 @@ def _stdlib_files() -> list[Path]:
   return files
 
 
-def read_text(path: Path) -> str | None:
-  """Reads a source file as UTF-8, replacing invalid bytes; None for binary or empty files."""
-  data = path.read_bytes()
-  if not data.strip() or b"\x00" in data:
-    return None
-  return data.decode("utf-8", errors="replace")
-
-
 @functools.lru_cache(maxsize=None)
 def stdlib_code() -> tuple[tuple[str, str], ...]:
   """All stdlib sources as (name, text) pairs, name relative to the stdlib root."""
   root = stdlib_root()
-  docs, skipped = [], 0
+  stats = files.ReadStats()
+  docs = []
   for path in _stdlib_files():
-    text = read_text(path)
-    if text is None:
-      skipped += 1
-      continue
-    docs.append((str(path.relative_to(root)), text))
-  logging.info("stdlib code: %d files (%d empty or binary skipped)", len(docs), skipped)
+    text = files.decode(path.read_bytes(), stats)  # None for empty or binary files
+    if text is not None:
+      docs.append((str(path.relative_to(root)), text))
+  stats.documents = len(docs)
+  stats.log(str(root))
   return tuple(docs)
 
 
@@ -107,7 +96,8 @@ def split_docs(docs, split: str) -> list[tuple[str, str]]:
   """The documents of one split ('train' or 'validation')."""
   if split not in ("train", "validation"):
     raise ValueError(f"unknown split {split!r}; expected 'train' or 'validation'")
-  return [d for d in docs if _split_of(d[0]) == split]
+  want_validation = split == "validation"
+  return [d for d in docs if files.held_out(d[0], VALIDATION_EVERY) == want_validation]
 
 
 def _dataset_fn(docs_fn):
