@@ -5,7 +5,7 @@
     python -m codegen2_jax.data prepare-vocab --mixture=NAME --vocab_size=V --out=PATH
 
 `inspect` prints each model sequence after the objective (special tokens visible), with
-its objective and the document it came from. `bench` runs the whole pipeline (read,
+its objective, the document it came from and the pass over its task (epoch). `bench` runs the whole pipeline (read,
 tokenize, objectives, pack) and prints packed tokens/s as JSON. `prepare-vocab` trains a
 SentencePiece vocabulary with our special tokens on the mixture's raw text.
 Every command takes --gin_file / --gin.NAME=VALUE (e.g. data paths, objective settings)
@@ -59,16 +59,18 @@ def inspect_examples(name: str, n: int, split: str = "train", seq_len: int = 204
     out.append({"objective": OBJECTIVE_NAMES[int(ex["objective"][0])], "text": text,
                 "source": ex["source"].decode("utf-8", "replace"), "tokens": len(ids),
                 "loss_tokens": int(ex["loss_weights"].sum()),
-                "prefix_tokens": int(ex["prefix"].sum())})
+                "prefix_tokens": int(ex["prefix"].sum()),
+                "epoch": int(ex["epoch"][0]) if "epoch" in ex else 1})
   return out
 
 
 def bench(name: str, seconds: float, seq_len: int = 2048, batch_size: int = 8,
-          seed: int = 0) -> dict:
-  """Packed tokens/s of the full pipeline for `seconds` (after a warm-up batch)."""
+          seed: int = 0, track_epochs: bool = True) -> dict:
+  """Packed tokens/s of the full pipeline for `seconds` (after a warm-up batch), as the
+  trainer reads it (with the per-token epoch/task tags unless track_epochs=False)."""
   from codegen2_jax.data import pipeline
   ds = pipeline.host_dataset(name, seq_len, batch_size, seed=seed, shard_index=0,
-                             num_shards=1)
+                             num_shards=1, track_epochs=track_epochs)
   it = ds.as_numpy_iterator()
   next(it)
   start = time.perf_counter()
@@ -80,7 +82,7 @@ def bench(name: str, seconds: float, seq_len: int = 2048, batch_size: int = 8,
   dt = time.perf_counter() - start
   return {"mixture": name, "seq_len": seq_len, "seconds": round(dt, 2), "rows": rows,
           "packed_tokens_per_s": real / dt, "row_tokens_per_s": rows * seq_len / dt,
-          "fill": real / max(rows * seq_len, 1)}
+          "fill": real / max(rows * seq_len, 1), "track_epochs": track_epochs}
 
 
 def raw_texts(name: str, max_chars: int, split: str = "train"):
@@ -120,6 +122,8 @@ def main(argv=None) -> int:
       p.add_argument("--seconds", type=float, default=20)
       p.add_argument("--seq_len", type=int, default=2048)
       p.add_argument("--batch_size", type=int, default=8)
+      p.add_argument("--track_epochs", default="true", choices=["true", "false"],
+                     help="carry the per-token epoch/task tags, as training does")
     else:
       p.add_argument("--vocab_size", type=int, required=True)
       p.add_argument("--out", required=True)
@@ -138,7 +142,8 @@ def main(argv=None) -> int:
         else:
           print(f"--- {ex['objective']} | {ex['source']} | {ex['tokens']} tokens\n{ex['text']}")
     elif args.command == "bench":
-      print(json.dumps(bench(args.mixture, args.seconds, args.seq_len, args.batch_size)))
+      print(json.dumps(bench(args.mixture, args.seconds, args.seq_len, args.batch_size,
+                             track_epochs=args.track_epochs == "true")))
     else:
       from codegen2_jax.data import vocab as V
       path = V.train_sentencepiece(raw_texts(args.mixture, args.max_chars), args.out,

@@ -12,6 +12,8 @@ Input (task) features, all int32 and of equal length per example: `targets`,
     positions     0, 1, ... restarting at each segment
     prefix        1 on the bidirectional prefix (what seqio calls `decoder_causal_attention`)
     objective     the objective id of each token (0 on padding, weighted out by loss_weights)
+    epoch, task   with track_epochs=True: the pass over its task (1, 2, ...) and the task id
+                  of each token, 0 on padding (host-side bookkeeping, see data.epochs)
 
 Example, two examples packed into a row of 8 (E = <|endoftext|> = 2):
 
@@ -32,6 +34,7 @@ import tensorflow as tf
 from codegen2_jax.data import vocab as V
 
 _TOKEN_FEATURES = ("targets", "loss_weights", "prefix", "objective")
+_EPOCH_FEATURES = ("epoch", "task")
 
 
 class CodeGenFeatureConverter(seqio.FeatureConverter):
@@ -43,9 +46,15 @@ class CodeGenFeatureConverter(seqio.FeatureConverter):
                     for k in ("inputs", "targets", "loss_weights", "prefix", "objective")}
   PACKING_FEATURE_DTYPES = {"segment_ids": tf.int32, "positions": tf.int32}
 
-  def __init__(self, pack: bool = True, bos_id: int = V.EOS_ID, **kwargs):
+  def __init__(self, pack: bool = True, bos_id: int = V.EOS_ID, track_epochs: bool = False,
+               **kwargs):
     # The first input of every document is the vocabulary's <|endoftext|>.
     super().__init__(pack=pack, bos_id=bos_id, **kwargs)
+    self.track_epochs = track_epochs
+    if track_epochs:
+      spec = seqio.FeatureConverter.FeatureSpec(dtype=tf.int32)
+      self.TASK_FEATURES = {**self.TASK_FEATURES, **{k: spec for k in _EPOCH_FEATURES}}
+      self.MODEL_FEATURES = {**self.MODEL_FEATURES, **{k: spec for k in _EPOCH_FEATURES}}
 
   def _convert_example(self, features: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
     targets = features["targets"]
@@ -58,7 +67,7 @@ class CodeGenFeatureConverter(seqio.FeatureConverter):
     inputs = seqio.utils.make_autoregressive_inputs(targets, sequence_id=seg,
                                                     bos_id=self.bos_id)
     real = tf.cast(seg > 0, tf.int32)
-    return {
+    out = {
         "inputs": inputs * real,
         "targets": targets,
         "loss_weights": features["loss_weights"] * real,
@@ -67,6 +76,9 @@ class CodeGenFeatureConverter(seqio.FeatureConverter):
         "segment_ids": seg,
         "positions": positions,
     }
+    if self.track_epochs:
+      out.update({k: features[k] * real for k in _EPOCH_FEATURES})
+    return out
 
   def _convert_features(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]
                         ) -> tf.data.Dataset:
@@ -76,10 +88,11 @@ class CodeGenFeatureConverter(seqio.FeatureConverter):
   def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]
                                 ) -> Mapping[str, int]:
     n = task_feature_lengths["targets"]
+    extra = _EPOCH_FEATURES if self.track_epochs else ()
     return {k: n for k in ("inputs", "targets", "loss_weights", "prefix", "objective",
-                           "segment_ids", "positions")}
+                           "segment_ids", "positions", *extra)}
 
 
-def task_feature_lengths(seq_len: int) -> dict[str, int]:
+def task_feature_lengths(seq_len: int, track_epochs: bool = False) -> dict[str, int]:
   """The task feature lengths for rows of `seq_len` tokens."""
-  return {k: seq_len for k in _TOKEN_FEATURES}
+  return {k: seq_len for k in _TOKEN_FEATURES + (_EPOCH_FEATURES if track_epochs else ())}

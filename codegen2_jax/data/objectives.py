@@ -40,6 +40,7 @@ sequence longer than the row (the number of spans is capped to fit).
 from __future__ import annotations
 
 import functools
+import sys
 
 import gin
 import seqio
@@ -49,6 +50,9 @@ from codegen2_jax.data import vocab as V
 from codegen2_jax.data.objective_ids import (  # noqa: F401  (re-exported)
     CAUSAL_LM, OBJECTIVE_NAMES, PREFIX_LM, PSM_INFILL, SPAN_CORRUPTION, T5_SPAN_CORRUPTION)
 
+
+# Per-document features that every piece of a split document keeps (see data.epochs).
+CARRIED_FEATURES = ("source", "epoch", "task")
 
 DEFAULT_MAX_SPANS = 16  # file-level span corruption; also what split_documents reserves for
 
@@ -292,13 +296,34 @@ def split_documents(dataset: tf.data.Dataset, sequence_length, reserve: int | No
     lengths = tf.concat([tf.fill([tf.maximum(num - 1, 0)], max_len),
                          [n - (num - 1) * max_len]], 0)[:num]
     pieces = tf.RaggedTensor.from_row_lengths(tokens, lengths)
-    return tf.data.Dataset.from_tensor_slices({
-        "targets": pieces,
-        "source": tf.fill([num], ex["source"]),
-    })
+    out = {k: tf.fill([num], ex[k]) for k in CARRIED_FEATURES if k in ex}
+    return tf.data.Dataset.from_tensor_slices({"targets": pieces, **out})
 
   dataset = dataset.filter(lambda ex: tf.size(ex["targets"]) > 0)
+  dataset = dataset.scan((tf.constant(0, tf.int64), tf.constant(0, tf.int64)),
+                         functools.partial(_count_long_documents, max_len=max_len))
   return dataset.flat_map(chunk)
+
+
+def _count_long_documents(state, ex, max_len: int):
+  """Counts documents longer than a row (and their pieces); prints a running total at the
+  1st, 10th, 100th, 1000th such document and every 10000th after."""
+  docs, pieces = state
+  n = tf.cast(tf.size(ex["targets"]), tf.int64)
+  long = n > max_len
+  docs += tf.cast(long, tf.int64)
+  pieces += tf.where(long, (n + max_len - 1) // max_len, 0)
+  milestone = long & ((docs == 1) | (docs == 10) | (docs == 100) | (docs % 1000 == 0)
+                      & ((docs <= 1000) | (docs % 10000 == 0)))
+
+  def report():
+    tf.print("split_documents:", docs, "documents so far were longer than a row of",
+             max_len, "tokens and were split into", pieces, "pieces (none trimmed)",
+             output_stream=sys.stderr)
+    return tf.constant(0)
+
+  tf.cond(milestone, report, lambda: tf.constant(0))
+  return (docs, pieces), ex
 
 
 @gin.configurable(module="objectives")
@@ -329,6 +354,9 @@ def objective_mixture(dataset: tf.data.Dataset, sequence_length=None, output_fea
                 for k in names]
     out = tf.switch_case(pick, branches) if len(branches) > 1 else branches[0]()
     out["source"] = ex["source"]
+    for k in ("epoch", "task"):  # per-document tags become per-token features
+      if k in ex:
+        out[k] = tf.fill(tf.shape(out["targets"]), tf.cast(ex[k], tf.int32))
     return out
 
   return choose(dataset)

@@ -9,7 +9,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from codegen2_jax.data import converters
+from codegen2_jax.data import converters, epochs
 from codegen2_jax.data import vocab as V
 
 
@@ -27,8 +27,11 @@ def check_name(name: str) -> None:
 def host_dataset(name: str, seq_len: int, batch_size: int, split: str = "train",
                  seed: int = 0, shuffle: bool = True, num_epochs: int | None = None,
                  shard_index: int | None = None, num_shards: int | None = None,
-                 pack: bool = True) -> tf.data.Dataset:
+                 pack: bool = True, track_epochs: bool = True) -> tf.data.Dataset:
   """This host's tf.data pipeline of packed rows, batched to the per-host batch size.
+
+  With `track_epochs`, rows also carry per-token `epoch` and `task` features (see
+  data.epochs; `batches` hands them to an EpochTracker and drops them).
 
   `batch_size` is GLOBAL (sequences per step over all hosts); each host reads its own
   shard (default: jax.process_index() of jax.process_count()) and yields
@@ -40,17 +43,25 @@ def host_dataset(name: str, seq_len: int, batch_size: int, split: str = "train",
   if batch_size % num_shards:
     raise ValueError(f"BATCH_SIZE {batch_size} is not divisible by {num_shards} hosts")
   vocab = seqio.get_mixture_or_task(name).output_features["targets"].vocabulary
-  converter = converters.CodeGenFeatureConverter(pack=pack, bos_id=V.special_ids(vocab).eos)
+  converter = converters.CodeGenFeatureConverter(pack=pack, bos_id=V.special_ids(vocab).eos,
+                                                 track_epochs=track_epochs)
   ds = seqio.get_dataset(
-      name, converters.task_feature_lengths(seq_len), converter,
+      name, converters.task_feature_lengths(seq_len, track_epochs), converter,
       dataset_split=split, shuffle=shuffle,
       num_epochs=num_epochs, seed=seed, use_cached=False,
       shard_info=seqio.ShardInfo(shard_index, num_shards) if num_shards > 1 else None)
   return ds.batch(batch_size // num_shards, drop_remainder=True).prefetch(2)
 
 
-def batches(ds: tf.data.Dataset, skip: int = 0) -> Iterator[dict[str, np.ndarray]]:
-  """numpy batches of `ds`, after skipping `skip` batches (resume at a data position)."""
+def batches(ds: tf.data.Dataset, skip: int = 0, tracker: epochs.EpochTracker | None = None
+            ) -> Iterator[dict[str, np.ndarray]]:
+  """numpy batches of `ds` (model features only), after skipping `skip` batches (resume at
+  a data position). The `epoch` / `task` features go to `tracker` (if any), never on."""
   if skip:
     ds = ds.skip(skip)
-  return ds.as_numpy_iterator()
+  for batch in ds.as_numpy_iterator():
+    if tracker is not None:
+      tracker.observe(batch)
+    batch.pop("epoch", None)
+    batch.pop("task", None)
+    yield batch

@@ -6,7 +6,8 @@
     registry.register_task("my_rust", files.tree_source("~/src/rust", [".rs"], "my rust"))
     seqio.MixtureRegistry.add("my_mix", [("my_rust", 0.3), ("stdlib_code", 0.7)])
 
-A task reads {'source', 'text'} examples, tokenizes `text`, splits long documents so that
+A task reads {'source', 'text'} examples, numbers the passes over them (data.epochs),
+tokenizes `text`, splits long documents so that
 nothing is trimmed, and applies an objective preprocessor (default: the CodeGen2 mixture of
 causal LM and file-level span corruption). All tasks share `output_features`.
 """
@@ -17,7 +18,7 @@ import functools
 
 import seqio
 
-from codegen2_jax.data import objectives, sources
+from codegen2_jax.data import epochs, objectives, sources
 from codegen2_jax.data import vocab as V
 
 DEFAULT_VOCAB_SIZE = 8192
@@ -40,14 +41,20 @@ def output_features(vocabulary: seqio.Vocabulary | None = None) -> dict[str, seq
       "loss_weights": seqio.Feature(vocabulary=aux, add_eos=False, required=False),
       "prefix": seqio.Feature(vocabulary=aux, add_eos=False, required=False),
       "objective": seqio.Feature(vocabulary=aux, add_eos=False, required=False),
+      # Which pass over its task (1, 2, ...) and which task (epochs.task_id) each token
+      # came from: host-side bookkeeping for multi-epoch runs, never fed to the model.
+      "epoch": seqio.Feature(vocabulary=aux, add_eos=False, required=False),
+      "task": seqio.Feature(vocabulary=aux, add_eos=False, required=False),
   }
 
 
-def preprocessors(objective=objectives.codegen2_mixture) -> list:
-  """text -> tokens -> split long documents -> objective."""
+def preprocessors(objective=objectives.codegen2_mixture, task: str = "") -> list:
+  """count passes -> text -> tokens -> split long documents -> objective."""
   return [
+      functools.partial(epochs.count_epochs, task=task),
       functools.partial(seqio.preprocessors.rekey,
-                        key_map={"targets": "text", "source": "source"}),
+                        key_map={"targets": "text", "source": "source", "epoch": "epoch",
+                                 "task": "task"}),
       seqio.preprocessors.tokenize,
       objectives.split_documents,
       objective,
@@ -59,7 +66,8 @@ def register_task(name: str, source: seqio.DataSource, objective=objectives.code
   """Registers (or returns the already registered) CodeGen2 task `name` over `source`."""
   if name in seqio.TaskRegistry.names():
     return seqio.TaskRegistry.get(name)
-  return seqio.TaskRegistry.add(name, source=source, preprocessors=preprocessors(objective),
+  return seqio.TaskRegistry.add(name, source=epochs.EpochMarkedSource(source),
+                                preprocessors=preprocessors(objective, task=name),
                                 output_features=output_features(vocabulary))
 
 

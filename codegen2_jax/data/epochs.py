@@ -1,0 +1,165 @@
+"""Multi-epoch sampling with the epoch counted (the paper's lesson 5).
+
+seqio repeats a task's source (`num_epochs=None` in training) before its preprocessors,
+so every pass draws fresh objectives (new span masks, new split points). What seqio does
+not say is which pass a sequence came from. Here:
+
+    EpochMarkedSource   wraps any seqio DataSource and appends ONE marker example after
+                        the last document of this host's shard
+    count_epochs        the task's first preprocessor: a scan over the repeated stream
+                        that numbers passes 1, 2, ... (incrementing at each marker, which
+                        it then drops) and tags every example with `epoch` and `task`
+    EpochTracker        host side: reads the per-token `epoch` / `task` features of each
+                        packed batch, reports the mean epoch per task in the metrics and
+                        logs when a task starts a new pass
+
+Worked example, a task of documents [A, B] repeated (before the task's shuffle buffer):
+
+    source after repeat:   A  B  <end>  A  B  <end>  A ...
+    after count_epochs:    A1 B1        A2 B2        A3 ...   (epoch per example)
+
+The objectives and the packer carry both tags per token (0 on padding), so a packed row
+that mixes tasks and passes still says where each token came from.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from typing import Mapping
+
+import numpy as np
+import seqio
+import tensorflow as tf
+
+EPOCH_END = "epoch_end"
+
+
+def task_id(name: str) -> int:
+  """A stable positive int32 id for task `name` (0 is padding)."""
+  return zlib.crc32(name.encode()) % (2**31 - 2) + 1
+
+
+def task_names() -> dict[int, str]:
+  """{task_id: name} over every registered seqio task."""
+  return {task_id(n): n for n in seqio.TaskRegistry.names()}
+
+
+def _zeros_like_spec(spec: tf.TensorSpec) -> tf.Tensor:
+  shape = [0 if d is None else d for d in spec.shape.as_list()]
+  if spec.dtype == tf.string:
+    return tf.fill(shape, "")
+  return tf.zeros(shape, spec.dtype)
+
+
+class EpochMarkedSource(seqio.DataSource):
+  """`source`, plus one end-of-pass marker example (feature `epoch_end`) after its data.
+
+  It shards by itself (by the inner source's shards when there are enough, else by
+  example) so that every host's shard, not just one host, ends with a marker.
+  """
+
+  def __init__(self, source: seqio.DataSource):
+    super().__init__(splits=source.splits, caching_permitted=False)
+    self.inner = source
+
+  @property
+  def supports_arbitrary_sharding(self) -> bool:
+    return True
+
+  @property
+  def output_features(self):
+    return self.inner.output_features
+
+  def list_shards(self, split: str):
+    return self.inner.list_shards(split)
+
+  def num_input_examples(self, split: str):
+    return None  # with the marker, the inner count would be off by one
+
+  def get_dataset(self, split: str = "train", shuffle: bool = True, seed=None,
+                  shard_info: seqio.ShardInfo | None = None, *, sequence_length=None,
+                  use_cached=False, num_epochs=1) -> tf.data.Dataset:
+    if (shard_info is None or shard_info.num_shards <= 1
+        or self.inner.supports_arbitrary_sharding
+        or len(self.inner.list_shards(split)) >= shard_info.num_shards):
+      ds = self.inner.get_dataset(split=split, shuffle=shuffle, seed=seed,
+                                  shard_info=shard_info)
+    else:
+      ds = self.inner.get_dataset(split=split, shuffle=shuffle, seed=seed)
+      ds = ds.shard(shard_info.num_shards, shard_info.index)
+    marker = {k: _zeros_like_spec(s) for k, s in ds.element_spec.items()}
+    marker[EPOCH_END] = tf.constant(True)
+    ds = ds.map(lambda ex: {**ex, EPOCH_END: tf.constant(False)})
+    return ds.concatenate(tf.data.Dataset.from_tensors(marker))
+
+
+def count_epochs(dataset: tf.data.Dataset, task: str = "") -> tf.data.Dataset:
+  """seqio preprocessor: adds scalar `epoch` (1-based pass number) and `task` (task_id)
+  to each example of a stream from EpochMarkedSource, dropping the markers.
+
+  Example: [A, B, <end>, A, B, <end>] -> [A (epoch 1), B (1), A (2), B (2)].
+  A stream without markers (a source not wrapped) stays at epoch 1.
+  """
+  tid = tf.constant(task_id(task) if task else 0, tf.int32)
+  if EPOCH_END not in dataset.element_spec:
+    return dataset.map(lambda ex: {**ex, "epoch": tf.constant(1, tf.int32), "task": tid})
+
+  def step(epoch, ex):
+    ex = dict(ex)
+    end = ex.pop(EPOCH_END)
+    return epoch + tf.cast(end, tf.int32), (dict(ex, epoch=epoch, task=tid), end)
+
+  counted = dataset.scan(tf.constant(1, tf.int32), step)
+  return counted.filter(lambda ex, end: tf.logical_not(end)).map(lambda ex, end: ex)
+
+
+class EpochTracker:
+  """Which pass over each task the training batches come from.
+
+  `observe(batch)` removes the `epoch` / `task` features from a host batch (the model
+  does not need them) and remembers, per task, the token-weighted mean epoch since the
+  last `metrics()` call and the highest epoch seen so far; `news()` announces new passes.
+  """
+
+  def __init__(self, names: Mapping[int, str] | None = None):
+    self._names = dict(names) if names is not None else task_names()
+    self._sum: dict[int, float] = {}
+    self._count: dict[int, float] = {}
+    self.highest: dict[str, int] = {}
+    self._news: list[str] = []
+
+  def name(self, tid: int) -> str:
+    return self._names.get(tid, f"task_{tid}")
+
+  def observe(self, batch: dict[str, np.ndarray]) -> None:
+    epoch = batch.pop("epoch", None)
+    task = batch.pop("task", None)
+    if epoch is None or task is None:
+      return
+    real = task > 0
+    tids, inverse = np.unique(task[real], return_inverse=True)
+    sums = np.bincount(inverse, weights=epoch[real], minlength=len(tids))
+    counts = np.bincount(inverse, minlength=len(tids))
+    for tid, s, c in zip(tids.tolist(), sums, counts):
+      self._sum[tid] = self._sum.get(tid, 0.0) + float(s)
+      self._count[tid] = self._count.get(tid, 0.0) + float(c)
+      top = int(epoch[real][task[real] == tid].max())
+      name = self.name(tid)
+      if top > self.highest.get(name, 1):
+        self._news.append(f"data: {name} reached epoch {top}")
+      self.highest[name] = max(self.highest.get(name, 0), top)
+
+  def news(self) -> list[str]:
+    """Lines announcing each task's new passes since the last call (then forgotten)."""
+    out, self._news = self._news, []
+    for line in out:
+      logging.info(line)
+    return out
+
+  def metrics(self) -> dict[str, float]:
+    """{'epoch/<task>': mean epoch of that task's tokens since the last call}."""
+    out = {f"epoch/{self.name(t)}": self._sum[t] / self._count[t]
+           for t in self._sum if self._count[t]}
+    self._sum, self._count = {}, {}
+    return out
