@@ -1,6 +1,7 @@
 """Sampling entry point: restore a checkpoint's parameters and complete or infill.
 
     python -m codegen2_jax.sample --checkpoint_dir=DIR --prompt='def f(x):' [--suffix=...]
+        [--temperature=0.8 --top_p=0.95 --top_k=0 --seed=0] [--stop='\ndef' ...]
     python -m codegen2_jax.sample --checkpoint_dir=DIR --prompt_ids=1,2,3 --print_ids
 
 DIR is a run's model_dir (or its checkpoints/ folder); the model shape is read from the
@@ -11,19 +12,11 @@ format (the middle, cut at <eom>). `--prompt_ids` needs no vocabulary.
 from __future__ import annotations
 
 import argparse
+import codecs
 import json
 import sys
-from pathlib import Path
 
 from codegen2_jax import gin_config
-
-
-def _dirs(path: str) -> tuple[Path, Path]:
-  """(checkpoints dir, run dir) for a model_dir or its checkpoints/ subfolder."""
-  p = Path(path).absolute()
-  if (p / "checkpoints").is_dir():
-    return p / "checkpoints", p
-  return p, p.parent
 
 
 def main(argv=None) -> int:
@@ -37,62 +30,48 @@ def main(argv=None) -> int:
   ap.add_argument("--print_ids", action="store_true", help="print generated ids as JSON")
   ap.add_argument("--max_new_tokens", type=int, default=64)
   ap.add_argument("--temperature", type=float, default=0.0)
-  ap.add_argument("--top_k", type=int, default=0)
+  ap.add_argument("--top_k", type=int, default=0, help="sample among the k most likely")
+  ap.add_argument("--top_p", type=float, default=1.0, help="nucleus sampling mass")
+  ap.add_argument("--stop", action="append", default=[],
+                  help="stop string (repeatable; \\n and \\t escapes read): the "
+                       "completion ends before it")
   ap.add_argument("--seed", type=int, default=0)
   ap.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
   ap.add_argument("--stop_ids", default=None,
                   help="comma-separated ids that end generation (default: none with "
                        "--prompt_ids, <|endoftext|> / <eom> of our vocabulary otherwise)")
   args = ap.parse_args(rest)
+  # '\n' typed in a shell arrives as backslash + n: read the usual escapes.
+  args.stop = [codecs.decode(s, "unicode_escape") for s in args.stop]
   if (args.prompt is None) == (args.prompt_ids is None):
     ap.error("give exactly one of --prompt and --prompt_ids")
-  ckpt_dir, run_dir = _dirs(args.checkpoint_dir)
-  if not ckpt_dir.is_dir():
-    print(f"error: no checkpoint directory at {ckpt_dir}", file=sys.stderr)
+  from codegen2_jax import decoding, restore
+  try:
+    r = restore.load(args.checkpoint_dir, files, bindings, args.step)
+  except restore.RestoreError as e:
+    print(f"error: {e}", file=sys.stderr)
     return 2
-  if not files:
-    if not (run_dir / "config.gin").is_file():
-      print(f"error: {run_dir / 'config.gin'} not found; pass --gin_file for the model",
-            file=sys.stderr)
+  kw = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+  try:
+    if args.prompt_ids is not None:
+      ids = [int(x) for x in args.prompt_ids.split(",") if x.strip()]
+      stops = tuple(int(x) for x in (args.stop_ids or "").split(",") if x.strip())
+      out = decoding.generate(r.model, [ids], args.max_new_tokens, stop_ids=stops, **kw)[0]
+      print(json.dumps(out) if args.print_ids else out)
+      return 0
+    if r.vocab is None:
+      print("error: the run's config names no MIXTURE_OR_TASK_NAME, so there is no "
+            "vocabulary; use --prompt_ids", file=sys.stderr)
       return 2
-    files = [str(run_dir / "config.gin")]
-  import tasks  # noqa: F401
-  from codegen2_jax import trainer  # noqa: F401  (config.gin binds trainer settings)
-  try:
-    gin_config.parse(files, bindings)
-  except gin_config.GinConfigError as e:
+    if args.suffix is not None:
+      print(decoding.infill(r.model, r.vocab, args.prompt, args.suffix, args.max_new_tokens,
+                            **kw))
+    else:
+      print(args.prompt + decoding.complete(r.model, r.vocab, args.prompt,
+                                            args.max_new_tokens, stop_strings=args.stop, **kw))
+  except ValueError as e:  # prompt too long for the model, bad sampling settings
     print(f"error: {e}", file=sys.stderr)
     return 2
-
-  from flax import nnx
-
-  from codegen2_jax import checkpoints, decoding
-  from codegen2_jax.models.codegen import CodeGen, ModelConfig
-
-  cfg = ModelConfig()
-  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: CodeGen(cfg, nnx.Rngs(0))), nnx.Param)
-  try:
-    _, params = checkpoints.restore_params(ckpt_dir, abstract, args.step)
-  except FileNotFoundError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  model = nnx.merge(graphdef, params)
-  kw = dict(temperature=args.temperature, top_k=args.top_k, seed=args.seed)
-
-  if args.prompt_ids is not None:
-    ids = [int(x) for x in args.prompt_ids.split(",") if x.strip()]
-    stops = tuple(int(x) for x in (args.stop_ids or "").split(",") if x.strip())
-    out = decoding.generate(model, [ids], args.max_new_tokens, stop_ids=stops, **kw)[0]
-    print(json.dumps(out) if args.print_ids else out)
-    return 0
-
-  import seqio
-  vocab = seqio.get_mixture_or_task(
-      gin_config.macro("MIXTURE_OR_TASK_NAME")).output_features["targets"].vocabulary
-  if args.suffix is not None:
-    print(decoding.infill(model, vocab, args.prompt, args.suffix, args.max_new_tokens, **kw))
-  else:
-    print(args.prompt + decoding.complete(model, vocab, args.prompt, args.max_new_tokens, **kw))
   return 0
 
 

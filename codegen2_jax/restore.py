@@ -1,0 +1,80 @@
+"""Restore a trained model for inference: parameters only, onto this process's devices.
+
+Used by `sample` and `eval`. A checkpoint directory is a run's model_dir (or its
+checkpoints/ folder); the model shape comes from the run's `config.gin` unless gin files
+are given; the vocabulary is the one of the run's MIXTURE_OR_TASK_NAME.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Sequence
+
+from codegen2_jax import gin_config
+
+
+class RestoreError(Exception):
+  """The checkpoint or its configuration cannot be used (the message says why)."""
+
+
+@dataclasses.dataclass
+class Restored:
+  model: Any          # CodeGen (nnx.Module) with the checkpoint's parameters
+  vocab: Any          # the run's seqio vocabulary (None if the config names no task)
+  step: int
+  run_dir: Path
+
+
+def run_dirs(path: str | Path) -> tuple[Path, Path]:
+  """(checkpoints dir, run dir) for a model_dir or its checkpoints/ subfolder."""
+  p = Path(path).absolute()
+  if (p / "checkpoints").is_dir():
+    return p / "checkpoints", p
+  return p, p.parent
+
+
+def parse_run_config(checkpoint_dir: str | Path, gin_files: Sequence[str] = (),
+                     bindings: Sequence[str] = ()) -> tuple[Path, Path]:
+  """Parses the run's gin config (or `gin_files`) plus `bindings`; returns run_dirs."""
+  ckpt_dir, run_dir = run_dirs(checkpoint_dir)
+  if not ckpt_dir.is_dir():
+    raise RestoreError(f"no checkpoint directory at {ckpt_dir}")
+  files = list(gin_files)
+  if not files:
+    if not (run_dir / "config.gin").is_file():
+      raise RestoreError(f"{run_dir / 'config.gin'} not found; pass --gin_file for the model")
+    files = [str(run_dir / "config.gin")]
+  import tasks  # noqa: F401  (the run's task names its vocabulary)
+  from codegen2_jax import trainer  # noqa: F401  (config.gin binds trainer settings)
+  try:
+    gin_config.parse(files, list(bindings))
+  except gin_config.GinConfigError as e:
+    raise RestoreError(str(e)) from e
+  return ckpt_dir, run_dir
+
+
+def load(checkpoint_dir: str | Path, gin_files: Sequence[str] = (),
+         bindings: Sequence[str] = (), step: int | None = None) -> Restored:
+  """The model (and vocabulary) of a run's checkpoint `step` (default: latest)."""
+  ckpt_dir, run_dir = parse_run_config(checkpoint_dir, gin_files, bindings)
+  from flax import nnx
+
+  from codegen2_jax import checkpoints
+  from codegen2_jax.models.codegen import CodeGen, ModelConfig
+
+  cfg = ModelConfig()
+  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: CodeGen(cfg, nnx.Rngs(0))), nnx.Param)
+  try:
+    got_step, params = checkpoints.restore_params(ckpt_dir, abstract, step)
+  except FileNotFoundError as e:
+    raise RestoreError(str(e)) from e
+  vocab = None
+  try:
+    name = gin_config.macro("MIXTURE_OR_TASK_NAME")
+  except (KeyError, ValueError):
+    name = None
+  if name:
+    import seqio
+    vocab = seqio.get_mixture_or_task(name).output_features["targets"].vocabulary
+  return Restored(nnx.merge(graphdef, params), vocab, int(got_step), run_dir)
