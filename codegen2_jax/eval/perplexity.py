@@ -1,0 +1,92 @@
+"""Perplexity and bits per byte of a checkpoint on any registered task's documents.
+
+The task's raw documents (its source, one split, unshuffled, the first `max_documents`)
+are scored left to right in the causal-LM format (`doc <|endoftext|>`), whatever objective
+the task trains with: documents longer than a row are split into row-sized pieces (each
+piece scored without the text before it), pieces are packed into rows that never attend
+across documents. Every token of a document, and its closing <|endoftext|>, is predicted
+once:
+
+    loss           mean cross-entropy per token (nats)
+    perplexity     exp(loss)
+    bits_per_byte  total nats / ln 2 / UTF-8 bytes of the documents: comparable across
+                   vocabularies, unlike perplexity
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from codegen2_jax import train_step as ts
+from codegen2_jax.data import converters, objectives
+from codegen2_jax.data import vocab as V
+
+
+def documents(task_name: str, split: str, max_documents: int | None) -> tf.data.Dataset:
+  """The raw {'text', ...} documents of a task's source (unshuffled)."""
+  provider = seqio.get_mixture_or_task(task_name)
+  if isinstance(provider, seqio.Mixture):
+    raise ValueError(f"{task_name!r} is a mixture; perplexity is per task (its tasks: "
+                     f"{', '.join(t.name for t in provider.tasks)})")
+  source = getattr(provider.source, "inner", provider.source)  # unwrap epoch marking
+  if split not in source.splits:
+    raise ValueError(f"task {task_name!r} has no split {split!r} (splits: {source.splits})")
+  ds = source.get_dataset(split=split, shuffle=False)
+  return ds.take(max_documents) if max_documents else ds
+
+
+def causal_rows(docs: tf.data.Dataset, vocab, seq_len: int, batch_size: int
+                ) -> tf.data.Dataset:
+  """Packed causal-LM rows of `docs`, batched (last batch padded with empty rows)."""
+  ids = V.special_ids(vocab)
+
+  def with_eos(ex):  # the document's one <|endoftext|> goes on before it is split
+    tokens = tf.concat([tf.cast(vocab.encode_tf(ex["text"]), tf.int32), [ids.eos]], 0)
+    return {"targets": tokens, "source": ex["text"]}
+
+  def causal(ex):
+    ones = tf.ones_like(ex["targets"])
+    return {"targets": ex["targets"], "loss_weights": ones, "prefix": 0 * ones,
+            "objective": objectives.CAUSAL_LM * ones}
+
+  ds = objectives.split_documents(docs.map(with_eos), {"targets": seq_len}, reserve=0)
+  ds = ds.map(causal)
+  conv = converters.CodeGenFeatureConverter(pack=True, bos_id=ids.eos)
+  rows = conv(ds, converters.task_feature_lengths(seq_len))
+  return rows.padded_batch(batch_size, drop_remainder=False)
+
+
+def evaluate(model, vocab, task_name: str, split: str = "validation",
+             max_documents: int | None = None, seq_len: int | None = None,
+             batch_size: int = 8) -> dict:
+  """{'loss', 'perplexity', 'bits_per_byte', 'tokens', 'bytes', 'documents'} of the model
+  on the task's documents (see the module docstring)."""
+  from flax import nnx
+  seq_len = seq_len or model.cfg.max_len
+  docs = documents(task_name, split, max_documents)
+  n_docs = n_bytes = 0
+  for ex in docs.as_numpy_iterator():
+    n_docs += 1
+    n_bytes += len(ex["text"])
+  if not n_docs:
+    raise ValueError(f"the {split} split of {task_name!r} has no documents")
+  graphdef, params = nnx.split(model, nnx.Param)
+  sums_fn = jax.jit(functools.partial(ts.batch_sums, graphdef=graphdef))
+  nats = tokens = 0.0
+  for batch in causal_rows(docs, vocab, seq_len, batch_size).as_numpy_iterator():
+    rows = batch["targets"].shape[0]
+    if rows < batch_size:  # keep one compiled shape: pad with empty rows (no loss)
+      batch = {k: np.pad(v, ((0, batch_size - rows), (0, 0))) for k, v in batch.items()}
+    s = jax.device_get(sums_fn(params, batch=batch))
+    nats += float(s["xent"])
+    tokens += float(s["weights"])
+  loss = nats / max(tokens, 1.0)
+  return {"task": task_name, "split": split, "documents": n_docs, "tokens": int(tokens),
+          "bytes": n_bytes, "loss": loss, "perplexity": math.exp(min(loss, 50.0)),
+          "bits_per_byte": nats / math.log(2) / max(n_bytes, 1)}
