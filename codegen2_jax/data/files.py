@@ -151,16 +151,19 @@ class FileSource(seqio.DataSource):
     reader: path -> iterator of (name, text).
     description: what the files are, for error messages ("The Stack python under X").
     validation_every: one document in this many (by CRC of its name) is `validation`.
+    train_file_every: `train` reads one file in this many (a smaller corpus to repeat for
+      more epochs, lesson 5); `validation` always reads every file.
   """
 
   def __init__(self, list_files: Callable[[], Sequence[str]],
                reader: Callable[[str], Iterator[tuple[str, str]]], description: str,
-               validation_every: int = VALIDATION_EVERY):
+               validation_every: int = VALIDATION_EVERY, train_file_every: int = 1):
     super().__init__(splits=("train", "validation"), caching_permitted=False)
     self._list_files = list_files
     self._reader = reader
     self._description = description
     self._every = validation_every
+    self._train_file_every = train_file_every
 
   @property
   def supports_arbitrary_sharding(self) -> bool:
@@ -173,7 +176,7 @@ class FileSource(seqio.DataSource):
     return files
 
   def list_shards(self, split: str) -> Sequence[str]:
-    return self.files()
+    return self.files()[::self._train_file_every] if split == "train" else self.files()
 
   @property
   def output_features(self):
@@ -185,6 +188,8 @@ class FileSource(seqio.DataSource):
     if split not in self.splits:
       raise ValueError(f"unknown split {split!r} for {self._description}")
     files = self.files()
+    if split == "train":
+      files = files[::self._train_file_every]
     if shard_info and shard_info.num_shards > 1:
       files = files[shard_info.index::shard_info.num_shards]
     want_validation = split == "validation"

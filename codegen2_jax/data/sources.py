@@ -100,9 +100,11 @@ def split_docs(docs, split: str) -> list[tuple[str, str]]:
   return [d for d in docs if files.held_out(d[0], VALIDATION_EVERY) == want_validation]
 
 
-def _dataset_fn(docs_fn):
+def _dataset_fn(docs_fn, train_every: int = 1):
   def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
     docs = split_docs(docs_fn(), split)
+    if split == "train":
+      docs = docs[::train_every]
     names = [n for n, _ in docs]
     texts = [t for _, t in docs]
     ds = tf.data.Dataset.from_tensor_slices({"source": names, "text": texts})
@@ -112,9 +114,11 @@ def _dataset_fn(docs_fn):
   return dataset_fn
 
 
-def stdlib_code_source() -> seqio.DataSource:
-  """seqio source of stdlib code; examples {'source': name, 'text': file content}."""
-  return seqio.FunctionDataSource(_dataset_fn(stdlib_code), splits=("train", "validation"))
+def stdlib_code_source(train_every: int = 1) -> seqio.DataSource:
+  """seqio source of stdlib code; examples {'source': name, 'text': file content}.
+  `train_every` > 1 keeps one train document in that many (validation unchanged)."""
+  return seqio.FunctionDataSource(_dataset_fn(stdlib_code, train_every),
+                                  splits=("train", "validation"))
 
 
 def stdlib_prose_source() -> seqio.DataSource:

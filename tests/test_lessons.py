@@ -1,0 +1,50 @@
+"""The lessons: each pair of arms differs exactly in what its lesson varies (at both
+scales), and a one-lesson smoke run writes a report with its table and plot."""
+
+import pytest
+
+from codegen2_jax import lessons
+
+
+@pytest.mark.parametrize("scale", ["cpu", "1b"])
+@pytest.mark.parametrize("number", sorted(lessons.LESSONS))
+def test_arms_differ_only_in_what_the_lesson_varies(number, scale):
+  lesson = lessons.LESSONS[number]
+  a, b = (lessons.operative_bindings([lessons.arm_file(arm, scale)]) for arm in lesson.arms)
+  differ = {k for k in set(a) | set(b) if a.get(k) != b.get(k)}
+  assert differ and differ <= lesson.varies, differ
+  # Everything the lesson names really is a binding (no typo hides a difference).
+  assert all(k in a or k in b for k in lesson.varies)
+
+
+def test_cpu_and_1b_arms_vary_the_same_way():
+  for lesson in lessons.LESSONS.values():
+    diffs = []
+    for scale in ("cpu", "1b"):
+      a, b = (lessons.operative_bindings([lessons.arm_file(arm, scale)]) for arm in lesson.arms)
+      diffs.append({k for k in set(a) | set(b) if a.get(k) != b.get(k)})
+    assert diffs[0] == diffs[1], (lesson.number, diffs)
+
+
+def test_one_lesson_smoke_run_writes_the_report(tmp_path, vocab, capsys):
+  out = tmp_path / "lessons"
+  argv = ["run", f"--out={out}", "--only=2", "--gin_file=gin/models/tiny.gin",
+          "--gin.TRAIN_STEPS=3", "--gin.BATCH_SIZE=2", "--gin.SEQ_LEN=128",
+          "--gin.LOG_EVERY=1", "--eval_documents=2", "--eval_infill=2",
+          "--eval_problems=2", "--max_new_tokens=8"]
+  assert lessons.main(argv) == 0
+  report = (out / "report.md").read_text()
+  assert "## Lesson 2: Infill is not a free lunch" in report
+  assert "| causal LM | lesson2_causal |" in report
+  assert "| causal LM + PSM infill 50/50 | lesson2_causal_psm |" in report
+  assert "Paper: Training for infill" in report and ("Here: agrees" in report
+                                                     or "Here: disagrees" in report)
+  png = out / "lesson2.png"
+  assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  for arm in ("lesson2_causal", "lesson2_causal_psm"):
+    assert (out / "runs" / arm / "checkpoints").is_dir()
+    assert (out / "runs" / arm / "eval.json").is_file()
+  # A rerun reuses the runs and evaluations: no training, same report.
+  assert lessons.main(argv) == 0
+  assert "training" not in capsys.readouterr().out.split("report:")[-1]
+  assert lessons.main(["run", f"--out={out}", "--only=9"]) == 2
