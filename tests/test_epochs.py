@@ -95,9 +95,9 @@ def test_split_documents_counts_long_documents_in_a_log_line(capfd):
   out = list(objectives.split_documents(ds, {"targets": 100}, reserve=10).as_numpy_iterator())
   assert len(out) == 40
   err = capfd.readouterr().err
-  assert "split_documents: 1 documents so far were longer than a row of 90 tokens" in err
-  assert "10 documents so far were longer than a row of 90 tokens and were split into 30 " \
-         "pieces (none trimmed)" in err
+  assert "split_documents: 1 documents so far were longer than 90 tokens" in err
+  assert "10 documents so far were longer than 90 tokens (a row less room for objective " \
+         "markup) and were split into 30 pieces (none trimmed)" in err
 
 
 def test_tracker_ignores_padding_and_unknown_ids():

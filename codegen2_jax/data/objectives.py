@@ -317,8 +317,9 @@ def _count_long_documents(state, ex, max_len: int):
                       & ((docs <= 1000) | (docs % 10000 == 0)))
 
   def report():
-    tf.print("split_documents:", docs, "documents so far were longer than a row of",
-             max_len, "tokens and were split into", pieces, "pieces (none trimmed)",
+    tf.print("split_documents:", docs, "documents so far were longer than", max_len,
+             "tokens (a row less room for objective markup) and were split into", pieces,
+             "pieces (none trimmed)",
              output_stream=sys.stderr)
     return tf.constant(0)
 
