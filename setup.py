@@ -32,7 +32,9 @@ setup(
     extras_require={
         # torch is pinned exactly: a looser range downloads a multi-GB CUDA build.
         # transformers + torch are the reference implementation in the parity tests.
-        "test": ["pytest>=8", "pytest-timeout>=2.3", "torch==2.13.0", "transformers>=5.0"],
+        # libtpu (via jax[tpu]) is the TPU compiler for the AOT tests; no TPU is needed.
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "torch==2.13.0", "transformers>=5.0",
+                 "jax[tpu]>=0.4.35; platform_system == 'Linux' and platform_machine == 'x86_64'"],
         "tpu": ["jax[tpu]>=0.4.35"],
         "gpu": ["jax[cuda12]>=0.4.35"],
     },

@@ -23,11 +23,13 @@ def training_flops_per_token(cfg: ModelConfig, n_params: int, seq_len: int) -> f
 
 
 @gin.configurable
-def peak_flops_per_device(override: float | None = None) -> float | None:
-  """Peak FLOP/s of one local device: `override` (gin), else the table, else None (CPU)."""
+def peak_flops_per_device(override: float | None = None, device_kind: str | None = None
+                          ) -> float | None:
+  """Peak FLOP/s of one local device (or of a `device_kind`, e.g. 'TPU v4'): `override`
+  (gin), else the table, else None (CPU)."""
   if override:
     return float(override)
-  kind = jax.devices()[0].device_kind
+  kind = device_kind or jax.devices()[0].device_kind
   for name, peak in PEAK_FLOPS.items():
     if name.lower() in kind.lower():
       return peak

@@ -100,6 +100,33 @@ def activation_sharding(mesh: Mesh, rules):
     _ACTIVE.value = previous
 
 
+def active_platform() -> str:
+  """The platform a step is traced for: that of the active mesh's devices (the AOT compile
+  traces for a TPU mesh on a CPU host), else jax's default backend."""
+  active = getattr(_ACTIVE, "value", None)
+  return active[0].devices.flat[0].platform if active else jax.default_backend()
+
+
+def shard_map_logical(fn, in_axes: tuple, out_axes: tuple, whole: tuple = ()):
+  """`fn` run per shard on the active mesh (see activation_sharding), its arguments and
+  result split by logical axis names (one tuple per argument); `fn` itself outside that
+  context. For kernels XLA cannot partition (Pallas/Mosaic). `whole`: logical axes `fn`
+  needs unsplit (an error names the rule that splits one)."""
+  active = getattr(_ACTIVE, "value", None)
+  if active is None:
+    return fn
+  mesh, rules = active
+  for logical, mesh_axes in rules:
+    if logical in whole and mesh_axes and any(
+        mesh.shape[a] > 1 for a in (mesh_axes if isinstance(mesh_axes, (tuple, list))
+                                    else (mesh_axes,))):
+      raise ValueError(f"{getattr(fn, '__name__', fn)} needs the whole {logical!r} axis on "
+                       f"each device, but the rules split it over {mesh_axes!r}")
+  spec = lambda axes: nn.logical_to_mesh_axes(tuple(axes), rules)  # noqa: E731
+  return jax.shard_map(fn, mesh=mesh, in_specs=tuple(spec(a) for a in in_axes),
+                       out_specs=spec(out_axes), check_vma=False)
+
+
 def constrain(x: jax.Array, logical_axes: tuple[str, ...]) -> jax.Array:
   """with_sharding_constraint by logical axis names; a no-op outside activation_sharding."""
   active = getattr(_ACTIVE, "value", None)

@@ -15,11 +15,13 @@ from pathlib import Path
 import gin
 import jax
 import numpy as np
+import optax
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
 from codegen2_jax import checkpoints, decoding, flops, metrics, optim, partitioning
 from codegen2_jax import train_step as ts
-from codegen2_jax.data import pipeline
+from codegen2_jax.data import epochs, pipeline
 from codegen2_jax.models.codegen import CodeGen, ModelConfig, count_params
 
 
@@ -35,6 +37,42 @@ def build_model(cfg: ModelConfig, seed: int, mesh, rules) -> CodeGen:
 
   graphdef = nnx.graphdef(abstract)
   return nnx.merge(graphdef, init())
+
+
+def build_train_step(cfg: ModelConfig, seed: int, train_steps: int, mesh, rules,
+                     abstract: bool = False):
+  """Model, optimizer, train state sharded on `mesh` and the jitted train step: the one
+  construction shared by `train` and the AOT compile (aot.py).
+
+  The optimizer state of each parameter (AdamW's moments) is sharded like the parameter;
+  counters are replicated. Returns (model, graphdef, state, step_fn_raw, step_fn).
+  abstract=True allocates nothing: the model comes from nnx.eval_shape and the state is
+  ShapeDtypeStructs carrying the same shardings.
+  """
+  if abstract:
+    model = nnx.eval_shape(lambda: CodeGen(cfg, nnx.Rngs(seed)))
+  else:
+    model = build_model(cfg, seed, mesh, rules)
+  graphdef, params = nnx.split(model, nnx.Param)
+  schedule = optim.learning_rate_schedule(total_steps=train_steps)
+  tx = optim.make_optimizer(schedule)
+  param_shardings = partitioning.state_shardings(params, mesh, rules)
+  replicated = NamedSharding(mesh, PartitionSpec())
+  shapes = jax.eval_shape(lambda p: ts.init_state(p, tx), params)
+  state_shardings = jax.tree.map(lambda _: replicated, shapes)
+  state_shardings["params"] = param_shardings
+  state_shardings["opt_state"] = optax.tree_map_params(
+      tx, lambda _, s: s, shapes["opt_state"], param_shardings,
+      transform_non_params=lambda _: replicated)
+  init = jax.jit(lambda p: ts.init_state(p, tx), out_shardings=state_shardings)
+  if abstract:
+    state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                         shapes, state_shardings)
+  else:
+    state = init(params)
+  step_fn_raw = ts.make_train_step(graphdef, tx, schedule)
+  step_fn = jax.jit(step_fn_raw, donate_argnums=0, out_shardings=(state_shardings, None))
+  return model, graphdef, state, step_fn_raw, step_fn
 
 
 class _Preemption:
@@ -133,13 +171,9 @@ def train(model_dir: str, *, mixture_or_task_name: str = gin.REQUIRED,
   # Mesh, model and optimizer, sharded by the logical axis rules.
   mesh = partitioning.make_mesh()
   rules = partitioning.logical_axis_rules()
-  model = build_model(cfg, seed, mesh, rules)
-  graphdef, params = nnx.split(model, nnx.Param)
+  model, graphdef, state, step_fn_raw, step_fn = build_train_step(cfg, seed, train_steps,
+                                                                  mesh, rules)
   logging.info("model: %.2fM parameters, mesh %s", count_params(model) / 1e6, dict(mesh.shape))
-  schedule = optim.learning_rate_schedule(total_steps=train_steps)
-  tx = optim.make_optimizer(schedule)
-  state = jax.jit(lambda p: ts.init_state(p, tx))(params)
-  state_shardings = jax.tree.map(lambda x: x.sharding, state)
 
   # Resume from the latest checkpoint, with the data position saved beside it.
   manager = checkpoints.make_manager(Path(model_dir) / "checkpoints")
@@ -153,11 +187,11 @@ def train(model_dir: str, *, mixture_or_task_name: str = gin.REQUIRED,
     print(f"process {jax.process_index()}: reading data shard {jax.process_index()} of "
           f"{jax.process_count()}, {batch_size // jax.process_count()} rows per step",
           flush=True)
-  data = pipeline.batches(ds, skip=data_position["batches"])
+  # Which pass over each task the batches come from (multi-epoch runs), in the metrics.
+  epoch_tracker = epochs.EpochTracker()
+  data = pipeline.batches(ds, skip=data_position["batches"], tracker=epoch_tracker)
   batch_sharding = partitioning.batch_sharding(mesh, rules)
 
-  step_fn_raw = ts.make_train_step(graphdef, tx, schedule)
-  step_fn = jax.jit(step_fn_raw, donate_argnums=0, out_shardings=(state_shardings, None))
   writer = metrics.MetricsWriter(model_dir, train_steps, is_primary=primary)
   flops_per_token = flops.training_flops_per_token(cfg, count_params(model), seq_len)
   peak = flops.peak_flops_per_device()  # None on CPU unless set: no MFU then
@@ -198,6 +232,9 @@ def train(model_dir: str, *, mixture_or_task_name: str = gin.REQUIRED,
         # The step counts the global batch's real tokens itself (all hosts together).
         tok_s, steps_s = clock.tick(sum(float(w["tokens"]) for w in fetched), len(fetched))
         m["tokens_per_s"] = tok_s
+        m.update(epoch_tracker.metrics())
+        for line in epoch_tracker.news() if primary else ():
+          print(line, flush=True)
         if peak:
           m["mfu"] = tok_s * flops_per_token / (peak * jax.device_count())
         writer.write(step, m, steps_s)

@@ -28,6 +28,7 @@ def test_writes_metrics_config_tensorboard_and_checkpoints(trained, capsys):
   assert all("loss" in r and "learning_rate" in r and "tokens_per_s" in r for r in lines)
   assert "loss/span_corruption" in lines[0] and "loss/causal_lm" in lines[0]
   assert 0 <= lines[-1]["accuracy/causal_lm"] <= 1
+  assert lines[0]["epoch/stdlib_code"] >= 1 and lines[0]["epoch/stdlib_prose"] >= 1
   config = (trained / "config.gin").read_text()
   assert "TRAIN_STEPS = 4" in config and "train.train_steps = %TRAIN_STEPS" in config
   assert "ModelConfig.d_model = 64" in config

@@ -34,6 +34,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from codegen2_jax import partitioning
+
 
 def training_mask(segment_ids: jax.Array, prefix: jax.Array | None = None) -> jax.Array:
   """[batch, length] segment ids (0 = padding) and prefix flags -> bool [b, 1, l, l]."""
@@ -84,7 +86,7 @@ def resolve_implementation(impl: str, dtype, prefix_lm: bool, head_dim: int) -> 
   """The implementation `auto` picks on this platform (others are returned as given)."""
   if impl != "auto":
     return impl
-  backend = jax.default_backend()
+  backend = partitioning.active_platform()
   if backend == "tpu" and not prefix_lm and head_dim % 128 == 0:
     return "splash"
   if backend == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
@@ -93,6 +95,14 @@ def resolve_implementation(impl: str, dtype, prefix_lm: bool, head_dim: int) -> 
 
 
 def _splash(q, k, v, segment_ids):
+  # Mosaic kernels are not partitioned by XLA: under a mesh, each device runs the kernel
+  # on its own rows and heads (whole sequences), split by the logical axis rules.
+  qkv = ("batch", "length", "heads", "kv")
+  return partitioning.shard_map_logical(_splash_local, (qkv, qkv, qkv, ("batch", "length")),
+                                        qkv, whole=("length", "kv"))(q, k, v, segment_ids)
+
+
+def _splash_local(q, k, v, segment_ids):
   from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
   from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
   b, length, heads, head_dim = q.shape
@@ -105,7 +115,7 @@ def _splash(q, k, v, segment_ids):
                         block_q_dq=block, block_kv_dq=block)
   mask = sm.MultiHeadMask([sm.CausalMask((length, length)) for _ in range(heads)])
   kernel = sk.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1,
-                              interpret=jax.default_backend() != "tpu")
+                              interpret=partitioning.active_platform() != "tpu")
   scale = head_dim ** -0.5
   # splash takes [heads, length, head_dim] per example and does not scale the logits.
   to_hld = lambda x: jnp.swapaxes(x, 0, 1)  # noqa: E731
