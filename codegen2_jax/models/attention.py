@@ -50,20 +50,49 @@ def training_mask(segment_ids: jax.Array, prefix: jax.Array | None = None) -> ja
   return ((allowed & same) | padding_self)[:, None]
 
 
-def decode_mask(query_positions: jax.Array, cache_len: int,
+def decode_mask(query_positions: jax.Array, key_positions: jax.Array,
                 prefix_len: jax.Array | None = None) -> jax.Array:
-  """Mask for queries at `query_positions` [b, q] over cache slots 0..cache_len-1.
+  """Mask for queries at `query_positions` [b, q] over keys at `key_positions` [b, k].
 
-  Slot s holds position s. A query at position p reads slots s <= p, and, when
-  `prefix_len` [b] is given, every slot of the prefix if p is inside the prefix.
+  A query at position p reads keys at positions <= p, and, when `prefix_len` [b] is
+  given, every key of the prefix if p is inside the prefix.
   """
-  slots = jnp.arange(cache_len)[None, None, :]
+  keys = key_positions[:, None, :]
   pos = query_positions[:, :, None]
-  allowed = slots <= pos
+  allowed = keys <= pos
   if prefix_len is not None:
-    inside = slots < prefix_len[:, None, None]
+    inside = keys < prefix_len[:, None, None]
     allowed = allowed | (inside & (pos < prefix_len[:, None, None]))
   return allowed[:, None]
+
+
+def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, cache_k: jax.Array,
+                     cache_v: jax.Array, positions: jax.Array,
+                     prefix_len: jax.Array | None = None) -> jax.Array:
+  """Attention of new queries over a KV cache plus their own keys/values (decoding).
+
+  q, k, v [b, t, h, d] at `positions` [b, t] (consecutive per row); cache_k/v [b, h, s, d]
+  with slot s holding position s, read for s < positions[:, 0] only (later slots may be
+  stale). The new keys are masked by `decode_mask`. Scores and softmax in float32 over
+  the cache and the new keys together, as `dot_product_attention` would over the cache
+  with the new keys written in. -> [b, t, h, d].
+
+  The cache is only read, so the caller writes the new keys/values once for all layers
+  (writing per layer copies the cache).
+  """
+  scale = q.shape[-1] ** -0.5
+  f32 = jnp.float32
+  s_old = jnp.einsum("bqhd,bhkd->bhqk", q, cache_k, preferred_element_type=f32) * scale
+  s_new = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=f32) * scale
+  written = (jnp.arange(cache_k.shape[2]) < positions[:, :1])[:, None, None, :]
+  neg = jnp.finfo(f32).min
+  scores = jnp.concatenate([jnp.where(written, s_old, neg),
+                            jnp.where(decode_mask(positions, positions, prefix_len),
+                                      s_new, neg)], axis=-1)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  p_old, p_new = jnp.split(probs, [cache_k.shape[2]], axis=-1)
+  return (jnp.einsum("bhqk,bhkd->bqhd", p_old, cache_v) +
+          jnp.einsum("bhqk,bkhd->bqhd", p_new, v))
 
 
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array

@@ -15,7 +15,7 @@ checkpoint restores under any of them: `scan_layers=True` runs them with `lax.sc
 or 'full' (save only each layer's input).
 
 The same weights serve training (`__call__` on packed rows) and decoding (`decode` with a
-KV cache of stacked [layers, batch, cache_len, heads, head_dim] keys and values; cache
+KV cache of stacked [layers, batch, heads, cache_len, head_dim] keys and values; cache
 slot s holds position s).
 """
 
@@ -142,19 +142,19 @@ def block(p: dict, x: jax.Array, positions: jax.Array, segment_ids: jax.Array,
   return partitioning.constrain(out, ("batch", "length", "embed"))
 
 
-def block_decode(p: dict, x, positions, mask, cache_k, cache_v, cfg: ModelConfig):
-  """One layer with a KV cache: writes this call's keys/values at slots `positions`.
+def block_decode(p: dict, x, positions, cache_k, cache_v, prefix_len, cfg: ModelConfig):
+  """One layer with a read-only KV cache.
 
-  x [b, t, d]; positions [b, t] (consecutive per row); cache_* [b, s, h, hd].
-  Returns (y [b, t, d], cache_k, cache_v).
+  x [b, t, d]; positions [b, t] (consecutive per row); cache_* [b, h, s, hd], this
+  layer's keys/values of the positions before positions[:, 0]. Returns (y [b, t, d], k, v)
+  with this call's keys/values k, v [b, t, h, hd], for the caller to write to the cache.
   """
   y = layer_norm(x, p["ln_scale"], p["ln_bias"], cfg.layer_norm_eps)
   q, k, v = _qkv(p, y, positions, cfg)
-  write = jax.vmap(lambda c, new, start: jax.lax.dynamic_update_slice(c, new, (start, 0, 0)))
-  cache_k = write(cache_k, k.astype(cache_k.dtype), positions[:, 0])
-  cache_v = write(cache_v, v.astype(cache_v.dtype), positions[:, 0])
-  o = attn.dot_product_attention(q, cache_k.astype(q.dtype), cache_v.astype(q.dtype), mask)
-  return x + _mlp_and_out(p, y, o, cfg), cache_k, cache_v
+  k, v = k.astype(cache_k.dtype), v.astype(cache_v.dtype)  # as the cache will hold them
+  o = attn.cached_attention(q, k.astype(q.dtype), v.astype(q.dtype), cache_k.astype(q.dtype),
+                            cache_v.astype(q.dtype), positions, prefix_len)
+  return x + _mlp_and_out(p, y, o, cfg), k, v
 
 
 class CodeGen(nnx.Module):
@@ -212,28 +212,36 @@ class CodeGen(nnx.Module):
              prefix_len: jax.Array | None = None):
     """Incremental forward pass with a KV cache.
 
-    tokens, positions [b, t]; cache from `init_cache`; prefix_len [b] for prefix-LM
-    prefill. Returns (logits float32 [b, t, vocab], new cache).
+    tokens, positions [b, t] (consecutive per row); cache from `init_cache`; prefix_len
+    [b] for prefix-LM prefill. Returns (logits float32 [b, t, vocab], new cache).
     """
     cfg = self.cfg
     cache_k, cache_v = cache
     use_prefix = prefix_len if cfg.attention == "prefix_lm" else None
-    mask = attn.decode_mask(positions, cache_k.shape[2], use_prefix)
-    layer = functools.partial(block_decode, positions=positions, mask=mask, cfg=cfg)
+    layer = functools.partial(block_decode, positions=positions, prefix_len=use_prefix, cfg=cfg)
     x = self._embed(tokens)
 
+    # The cache goes in as read-only scan input and only the new keys/values come out:
+    # carrying it through the scan (or writing it per layer) copies the whole cache.
     def step(h, inputs):
       p, ck, cv = inputs
-      h, ck, cv = layer(p, h, cache_k=ck, cache_v=cv)
-      return h, (ck, cv)
+      h, k, v = layer(p, h, cache_k=ck, cache_v=cv)
+      return h, (k, v)
 
-    x, (cache_k, cache_v) = jax.lax.scan(step, x, (self.blocks.arrays(), cache_k, cache_v))
+    x, (new_k, new_v) = jax.lax.scan(step, x, (self.blocks.arrays(), cache_k, cache_v))
+    # One scatter writes every layer's new keys/values [layers, b, t, h, hd] at their slots
+    # (in place when the cache is donated or a loop carry).
+    b = tokens.shape[0]
+    idx = (slice(None), jnp.arange(b)[:, None, None], jnp.arange(cfg.n_heads)[None, :, None],
+           positions[:, None, :])
+    cache_k = cache_k.at[idx].set(new_k.transpose(0, 1, 3, 2, 4))
+    cache_v = cache_v.at[idx].set(new_v.transpose(0, 1, 3, 2, 4))
     return self._logits(x), (cache_k, cache_v)
 
 
 def init_cache(cfg: ModelConfig, batch: int, cache_len: int) -> tuple[jax.Array, jax.Array]:
-  """Empty KV cache: (keys, values), each [layers, batch, cache_len, heads, head_dim]."""
-  shape = (cfg.n_layers, batch, cache_len, cfg.n_heads, cfg.head_dim)
+  """Empty KV cache: (keys, values), each [layers, batch, heads, cache_len, head_dim]."""
+  shape = (cfg.n_layers, batch, cfg.n_heads, cache_len, cfg.head_dim)
   return jnp.zeros(shape, cfg.compute_dtype), jnp.zeros(shape, cfg.compute_dtype)
 
 
