@@ -137,8 +137,9 @@ def test_generate_from_a_checkpoint(checkpoint, tmp_path, problem_file, capsys):
 def test_perplexity_predicts_every_token_once(checkpoint, vocab, capsys):
   code, summary, _ = _cli(capsys, "perplexity", f"--checkpoint_dir={checkpoint}",
                           "--task=stdlib_prose", "--max_documents=6", "--seq_len=128",
-                          "--batch_size=4")
+                          "--batch_size=4", "--infill")
   assert code == 0
+  assert summary["infill_loss"] > 0 and 0 < summary["infill_tokens"] < summary["tokens"]
   from codegen2_jax.eval import perplexity
   texts = [ex["text"].decode() for ex in
            perplexity.documents("stdlib_prose", "validation", 6).as_numpy_iterator()]

@@ -37,8 +37,9 @@ def test_one_lesson_smoke_run_writes_the_report(tmp_path, vocab, capsys):
   assert "## Lesson 2: Infill is not a free lunch" in report
   assert "| causal LM | lesson2_causal |" in report
   assert "| causal LM + PSM infill 50/50 | lesson2_causal_psm |" in report
-  assert "Paper: Training for infill" in report and ("Here: agrees" in report
-                                                     or "Here: disagrees" in report)
+  assert "Paper: Training for infill" in report
+  assert any(f"Here: {v}" in report for v in ("agrees", "disagrees", "inconclusive"))
+  assert "code infill loss" in report
   png = out / "lesson2.png"
   assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   for arm in ("lesson2_causal", "lesson2_causal_psm"):

