@@ -251,13 +251,18 @@ def run(out: Path, only: list[int] | None, extra_files: list[str], bindings: lis
   for lesson in lessons:
     for arm in lesson.arms:
       files = [arm_file(arm)] + extra_files
-      config = tuple(sorted(operative_bindings(files, bindings).items()))
+      operative = operative_bindings(files, bindings)
+      config = tuple(sorted(operative.items()))
       if config not in by_config:
-        by_config[config] = out / "runs" / arm
-        start = time.time()
-        print(f"[lessons] training {arm} -> {by_config[config]}", flush=True)
-        train_arm(by_config[config], files, bindings)
-        print(f"[lessons] {arm} trained in {time.time() - start:.0f}s", flush=True)
+        run_dir = by_config[config] = out / "runs" / arm
+        if (run_dir / "checkpoints" / operative["TRAIN_STEPS"]).is_dir():
+          print(f"[lessons] reusing {run_dir} (trained to step {operative['TRAIN_STEPS']})",
+                flush=True)
+        else:
+          start = time.time()
+          print(f"[lessons] training {arm} -> {run_dir}", flush=True)
+          train_arm(run_dir, files, bindings)
+          print(f"[lessons] {arm} trained in {time.time() - start:.0f}s", flush=True)
       runs[arm] = by_config[config]
   results = {}
   for arm, run_dir in runs.items():

@@ -33,6 +33,7 @@ def test_one_lesson_smoke_run_writes_the_report(tmp_path, vocab, capsys):
           "--gin.LOG_EVERY=1", "--eval_documents=2", "--eval_infill=2",
           "--eval_problems=2", "--max_new_tokens=8"]
   assert lessons.main(argv) == 0
+  assert "[lessons] training lesson2_causal_psm" in capsys.readouterr().out
   report = (out / "report.md").read_text()
   assert "## Lesson 2: Infill is not a free lunch" in report
   assert "| causal LM | lesson2_causal |" in report
@@ -45,7 +46,9 @@ def test_one_lesson_smoke_run_writes_the_report(tmp_path, vocab, capsys):
   for arm in ("lesson2_causal", "lesson2_causal_psm"):
     assert (out / "runs" / arm / "checkpoints").is_dir()
     assert (out / "runs" / arm / "eval.json").is_file()
-  # A rerun reuses the runs and evaluations: no training, same report.
+  # A rerun reuses the runs and evaluations: no training, no evaluation.
   assert lessons.main(argv) == 0
-  assert "training" not in capsys.readouterr().out.split("report:")[-1]
+  out_text = capsys.readouterr().out
+  assert "[lessons] training" not in out_text and "[lessons] evaluating" not in out_text
+  assert out_text.count("[lessons] reusing") == 2
   assert lessons.main(["run", f"--out={out}", "--only=9"]) == 2
