@@ -71,3 +71,25 @@ def test_split_documents_keeps_every_token():
   assert [len(o["targets"]) for o in out] == [90, 90, 70, 2]
   assert np.concatenate([o["targets"] for o in out[:3]]).tolist() == list(range(1, 251))
   assert [o["source"] for o in out] == [b"a", b"a", b"a", b"b"]
+
+
+def test_zeros_inside_a_feature_stay_aligned():
+  # seqio's packer counts a feature's non-zero values as its length; loss weights 0 0 1 1
+  # (prefix-LM, loss_on_document=False), prefix 1 1 0 0 and token id 0 must survive it.
+  exs = [{"targets": np.array([0, 7, 8, 9], np.int32),
+          "loss_weights": np.array([0, 0, 1, 1], np.int32),
+          "prefix": np.array([1, 1, 0, 0], np.int32),
+          "objective": np.array([3, 3, 3, 3], np.int32)},
+         {"targets": np.array([5, 0, 6], np.int32),
+          "loss_weights": np.array([0, 1, 1], np.int32),
+          "prefix": np.array([1, 0, 0], np.int32),
+          "objective": np.array([0, 0, 0], np.int32)}]
+  conv = converters.CodeGenFeatureConverter(pack=True)
+  rows = list(conv(_ds(exs), converters.task_feature_lengths(8)).as_numpy_iterator())
+  (row,) = rows
+  assert row["targets"].tolist() == [0, 7, 8, 9, 5, 0, 6, 0]
+  assert row["loss_weights"].tolist() == [0, 0, 1, 1, 0, 1, 1, 0]
+  assert row["prefix"].tolist() == [1, 1, 0, 0, 1, 0, 0, 0]
+  assert row["objective"].tolist() == [3, 3, 3, 3, 0, 0, 0, 0]
+  assert row["segment_ids"].tolist() == [1, 1, 1, 1, 2, 2, 2, 0]
+  assert row["inputs"].tolist() == [2, 0, 7, 8, 2, 5, 0, 0]

@@ -57,31 +57,39 @@ class CodeGenFeatureConverter(seqio.FeatureConverter):
       self.MODEL_FEATURES = {**self.MODEL_FEATURES, **{k: spec for k in _EPOCH_FEATURES}}
 
   def _convert_example(self, features: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-    targets = features["targets"]
     seg = features.get("targets_segment_ids")
-    if seg is None:  # unpacked: one segment per row, padding is 0
-      seg = tf.cast(targets != 0, tf.int32)
-      positions = tf.range(tf.size(targets), dtype=tf.int32) * seg
+    if seg is None:  # unpacked: one segment per row, padding is 0 (real tokens are >= 1)
+      seg = tf.cast(features["targets"] != 0, tf.int32)
+      positions = tf.range(tf.size(seg), dtype=tf.int32) * seg
     else:
       positions = features["targets_positions"]
-    inputs = seqio.utils.make_autoregressive_inputs(targets, sequence_id=seg,
-                                                    bos_id=self.bos_id)
     real = tf.cast(seg > 0, tf.int32)
+    # Undo the +1 of _convert_features; padding stays 0.
+    value = {k: (features[k] - 1) * real for k in self.TASK_FEATURES}
+    inputs = seqio.utils.make_autoregressive_inputs(value["targets"], sequence_id=seg,
+                                                    bos_id=self.bos_id)
     out = {
         "inputs": inputs * real,
-        "targets": targets,
-        "loss_weights": features["loss_weights"] * real,
-        "prefix": features["prefix"] * real,
-        "objective": features["objective"] * real,
+        "targets": value["targets"],
+        "loss_weights": value["loss_weights"],
+        "prefix": value["prefix"],
+        "objective": value["objective"],
         "segment_ids": seg,
         "positions": positions,
     }
     if self.track_epochs:
-      out.update({k: features[k] * real for k in _EPOCH_FEATURES})
+      out.update({k: value[k] for k in _EPOCH_FEATURES})
     return out
 
   def _convert_features(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]
                         ) -> tf.data.Dataset:
+    # seqio's packer takes each feature's length to be its count of NON-ZERO values (0 is
+    # its padding), so a feature with zeros inside an example (loss weights 0 0 1 1,
+    # prefix 1 1 0 0, a token id 0) would be cut short and every later example in the row
+    # shifted against its targets. Every feature is packed as value + 1 instead.
+    keys = tuple(self.TASK_FEATURES)
+    ds = ds.map(lambda ex: {k: (v + 1 if k in keys else v) for k, v in ex.items()},
+                num_parallel_calls=tf.data.AUTOTUNE)
     ds = self._pack_or_pad(ds, task_feature_lengths)
     return ds.map(self._convert_example, num_parallel_calls=tf.data.AUTOTUNE)
 
