@@ -184,7 +184,7 @@ def verdict(lesson: Lesson, a: dict, b: dict) -> str:
   both = (f"{METRICS[lesson.metric][0]} {fmt.format(x)} ({lesson.labels[0]}) vs "
           f"{fmt.format(y)} ({lesson.labels[1]})")
   if abs(x - y) <= NOISE * max(abs(x), abs(y)):
-    return f"inconclusive (the arms differ by less than {NOISE:.0%}): {both}"
+    return f"inconclusive (the arms differ by less than {NOISE:.1%}): {both}"
   ok = {"a<b": x < y, "b<a": y < x, "b>a": y > x}[lesson.expect]
   return f"{'agrees' if ok else 'disagrees'}: {both}"
 
