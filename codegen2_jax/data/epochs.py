@@ -138,13 +138,15 @@ class EpochTracker:
     if epoch is None or task is None:
       return
     real = task > 0
+    epoch = epoch[real]
     tids, inverse = np.unique(task[real], return_inverse=True)
-    sums = np.bincount(inverse, weights=epoch[real], minlength=len(tids))
+    sums = np.bincount(inverse, weights=epoch, minlength=len(tids))
     counts = np.bincount(inverse, minlength=len(tids))
-    for tid, s, c in zip(tids.tolist(), sums, counts):
+    tops = np.zeros(len(tids), epoch.dtype)
+    np.maximum.at(tops, inverse, epoch)
+    for tid, s, c, top in zip(tids.tolist(), sums, counts, tops.tolist()):
       self._sum[tid] = self._sum.get(tid, 0.0) + float(s)
       self._count[tid] = self._count.get(tid, 0.0) + float(c)
-      top = int(epoch[real][task[real] == tid].max())
       name = self.name(tid)
       if top > self.highest.get(name, 1):
         self._news.append(f"data: {name} reached epoch {top}")
