@@ -93,3 +93,30 @@ def test_zeros_inside_a_feature_stay_aligned():
   assert row["objective"].tolist() == [3, 3, 3, 3, 0, 0, 0, 0]
   assert row["segment_ids"].tolist() == [1, 1, 1, 1, 2, 2, 2, 0]
   assert row["inputs"].tolist() == [2, 0, 7, 8, 2, 5, 0, 0]
+
+
+def test_unpacked_rows_pad_each_example():
+  # pack=False: one example per row, padded with zeros; zeros inside a feature stay put.
+  exs = [{"targets": np.array([0, 7, 8, 9], np.int32),
+          "loss_weights": np.array([0, 0, 1, 1], np.int32),
+          "prefix": np.array([1, 1, 0, 0], np.int32),
+          "objective": np.array([3, 3, 3, 3], np.int32)},
+         {"targets": np.array([5, 0, 6], np.int32),
+          "loss_weights": np.array([0, 1, 1], np.int32),
+          "prefix": np.array([1, 0, 0], np.int32),
+          "objective": np.array([0, 0, 0], np.int32)}]
+  conv = converters.CodeGenFeatureConverter(pack=False)
+  rows = list(conv(_ds(exs), converters.task_feature_lengths(6)).as_numpy_iterator())
+  assert len(rows) == 2
+  a, b = rows
+  assert a["targets"].tolist() == [0, 7, 8, 9, 0, 0]
+  assert a["inputs"].tolist() == [2, 0, 7, 8, 0, 0]
+  assert a["loss_weights"].tolist() == [0, 0, 1, 1, 0, 0]
+  assert a["prefix"].tolist() == [1, 1, 0, 0, 0, 0]
+  assert a["segment_ids"].tolist() == [1, 1, 1, 1, 0, 0]
+  assert a["positions"].tolist() == [0, 1, 2, 3, 0, 0]
+  assert b["targets"].tolist() == [5, 0, 6, 0, 0, 0]
+  assert b["inputs"].tolist() == [2, 5, 0, 0, 0, 0]
+  assert b["loss_weights"].tolist() == [0, 1, 1, 0, 0, 0]
+  assert b["segment_ids"].tolist() == [1, 1, 1, 0, 0, 0]
+  assert b["positions"].tolist() == [0, 1, 2, 0, 0, 0]

@@ -51,6 +51,9 @@ class CodeGenFeatureConverter(seqio.FeatureConverter):
     # The first input of every document is the vocabulary's <|endoftext|>.
     super().__init__(pack=pack, bos_id=bos_id, **kwargs)
     self.track_epochs = track_epochs
+    if not pack:  # the model takes segment ids and positions either way
+      spec = seqio.FeatureConverter.FeatureSpec(dtype=tf.int32)
+      self.MODEL_FEATURES = {**self.MODEL_FEATURES, "segment_ids": spec, "positions": spec}
     if track_epochs:
       spec = seqio.FeatureConverter.FeatureSpec(dtype=tf.int32)
       self.TASK_FEATURES = {**self.TASK_FEATURES, **{k: spec for k in _EPOCH_FEATURES}}
