@@ -19,9 +19,10 @@ same held-out sets:
     HumanEval pass@1            the first N problems, greedy, Codex truncation
 
 and writes DIR/report.md (a table per lesson: arm, metrics, the paper's direction and
-whether this run agrees) with PNG plots of the training loss curves. Arms whose operative
-configs are identical (lesson 1's causal arm is lesson 2's and lesson 3's) are trained
-once. Reruns reuse finished runs and evaluations in DIR.
+whether this run agrees) with PNG plots of the training loss curves, and the time each
+run took to train and evaluate. Arms whose operative configs are identical (lesson 1's
+causal arm is lesson 2's and lesson 3's) are trained once. Reruns reuse finished runs and
+evaluations in DIR (and report the times measured when they were made).
 """
 
 from __future__ import annotations
@@ -232,9 +233,25 @@ def write_report(out: Path, lessons: list[Lesson], runs: dict[str, Path],
               f"Here: {verdict(lesson, results[lesson.arms[0]], results[lesson.arms[1]])}.",
               "", f"![lesson {lesson.number} loss curves](lesson{lesson.number}.png)", ""]
     plot(lesson, runs, out / f"lesson{lesson.number}.png")
+  lines += _timing_lines(header["timing"], header["wall_seconds"])
   path = out / "report.md"
   path.write_text("\n".join(lines))
   return path
+
+
+def _timing_lines(timing: dict[str, tuple], wall_seconds: float) -> list[str]:
+  def fmt(s):
+    return "-" if s is None else f"{s:.0f}"
+  known = [s for pair in timing.values() for s in pair if s is not None]
+  lines = ["## Time", "",
+           "Seconds each run took when it was trained and evaluated (- where this output "
+           "directory does not record it).", "",
+           "| run | training (s) | evaluation (s) |", "|---|---|---|"]
+  lines += [f"| {name} | {fmt(t)} | {fmt(e)} |" for name, (t, e) in timing.items()]
+  lines += ["", f"Sum over the runs: {sum(known) / 60:.1f} min. This invocation (which "
+            f"reuses what was already trained or evaluated): {wall_seconds / 60:.1f} min "
+            "wall time, report included.", ""]
+  return lines
 
 
 # ----------------------------------------------------------------------------------------
@@ -244,6 +261,7 @@ def write_report(out: Path, lessons: list[Lesson], runs: dict[str, Path],
 def run(out: Path, only: list[int] | None, extra_files: list[str], bindings: list[str],
         sizes: dict, command: str) -> Path:
   """Trains and evaluates the arms of the chosen lessons; writes out/report.md."""
+  invoked = time.time()
   out.mkdir(parents=True, exist_ok=True)
   lessons = [LESSONS[n] for n in (only or sorted(LESSONS))]
   runs: dict[str, Path] = {}
@@ -262,19 +280,25 @@ def run(out: Path, only: list[int] | None, extra_files: list[str], bindings: lis
           start = time.time()
           print(f"[lessons] training {arm} -> {run_dir}", flush=True)
           train_arm(run_dir, files, bindings)
-          print(f"[lessons] {arm} trained in {time.time() - start:.0f}s", flush=True)
+          seconds = time.time() - start
+          (run_dir / "train_time.json").write_text(json.dumps({"seconds": seconds}))
+          print(f"[lessons] {arm} trained in {seconds:.0f}s", flush=True)
       runs[arm] = by_config[config]
   results = {}
+  timing: dict[str, tuple] = {}
   for arm, run_dir in runs.items():
     cache = run_dir / "eval.json"
     saved = json.loads(cache.read_text()) if cache.exists() else {}
     if (saved.get("sizes") != sizes or saved.get("step") is None
         or not set(METRICS) <= set(saved.get("metrics", {}))):
       print(f"[lessons] evaluating {run_dir.name}", flush=True)
+      start = time.time()
       res = evaluate_arm(run_dir, sizes)
-      saved = {"sizes": sizes, "step": res["checkpoint_step"], "metrics": res}
+      saved = {"sizes": sizes, "step": res["checkpoint_step"], "metrics": res,
+               "seconds": time.time() - start}
       cache.write_text(json.dumps(saved, indent=1))
     results[arm] = saved["metrics"]
+    timing[run_dir.name] = (_train_seconds(run_dir), saved.get("seconds"))
   gin_config.parse([arm_file(lessons[0].arms[0])] + extra_files, bindings)
   steps, batch, seq = (gin_config.macro(m) for m in ("TRAIN_STEPS", "BATCH_SIZE", "SEQ_LEN"))
   header = {
@@ -287,8 +311,15 @@ def run(out: Path, only: list[int] | None, extra_files: list[str], bindings: lis
       "eval": f"{sizes['eval_documents']} validation documents each of stdlib_code and "
               f"stdlib_prose; the first {sizes['eval_infill']} HumanEval single-line "
               f"infilling tasks; the first {sizes['eval_problems']} HumanEval problems",
+      "timing": timing,
+      "wall_seconds": time.time() - invoked,
   }
   return write_report(out, lessons, runs, results, header)
+
+
+def _train_seconds(run_dir: Path) -> float | None:
+  path = run_dir / "train_time.json"
+  return json.loads(path.read_text())["seconds"] if path.exists() else None
 
 
 def _cpu_count() -> int:

@@ -1,6 +1,8 @@
 """The lessons: each pair of arms differs exactly in what its lesson varies (at both
 scales), and a one-lesson smoke run writes a report with its table and plot."""
 
+import re
+
 import pytest
 
 from codegen2_jax import lessons
@@ -46,9 +48,16 @@ def test_one_lesson_smoke_run_writes_the_report(tmp_path, vocab, capsys):
   for arm in ("lesson2_causal", "lesson2_causal_psm"):
     assert (out / "runs" / arm / "checkpoints").is_dir()
     assert (out / "runs" / arm / "eval.json").is_file()
+    # The time section records each run's measured training and evaluation seconds.
+    assert re.search(rf"^\| {arm} \| [0-9]+ \| [0-9]+ \|$", report, re.M), report
+  assert "## Time" in report and "wall time" in report
+  timing = report[report.index("## Time"):]
   # A rerun reuses the runs and evaluations: no training, no evaluation.
   assert lessons.main(argv) == 0
   out_text = capsys.readouterr().out
   assert "[lessons] training" not in out_text and "[lessons] evaluating" not in out_text
   assert out_text.count("[lessons] reusing") == 2
+  rerun = (out / "report.md").read_text()
+  # ... and keeps the times measured when the runs were made.
+  assert rerun[rerun.index("## Time"):].split("Sum over")[0] == timing.split("Sum over")[0]
   assert lessons.main(["run", f"--out={out}", "--only=9"]) == 2
