@@ -116,6 +116,8 @@ def resolve_implementation(impl: str, dtype, prefix_lm: bool, head_dim: int) -> 
   if impl != "auto":
     return impl
   backend = partitioning.active_platform()
+  # Splash masks are static (built once per shape); a prefix-LM mask depends on each row's
+  # prefix length, a runtime value, so prefix-LM models take the XLA path on TPU.
   if backend == "tpu" and not prefix_lm and head_dim % 128 == 0:
     return "splash"
   if backend == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
