@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,11 @@ def make_manager(directory: str | Path, max_to_keep: int = 3, async_save: bool =
 def save(manager: ocp.CheckpointManager, step: int, state: Any, data_position: dict,
          force: bool = False) -> bool:
   """Saves `state` (a pytree) and the JSON `data_position` at `step`; async if enabled."""
+  # Orbax serializes the JSON item in its background commit, after save() returns; the
+  # caller keeps advancing its position dict, so hand orbax a snapshot of this step's.
+  snapshot = json.loads(json.dumps(data_position))
   return manager.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_position)), force=force)
+      state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(snapshot)), force=force)
 
 
 def _abstract(target):

@@ -128,6 +128,21 @@ def test_exact_resume_after_sigkill(tmp_path, vocab):
     assert got[s] == pytest.approx(want[s], rel=1e-6, abs=1e-6), s
 
 
+def test_async_save_keeps_the_data_position_of_its_step(tmp_path):
+  # The train loop advances the position dict right after an async save returns; the
+  # checkpoint must hold the value at save time (a later one resumes on the wrong batch).
+  from codegen2_jax import checkpoints
+  manager = checkpoints.make_manager(tmp_path / "ckpt", async_save=True)
+  state = {"w": jnp.arange(1 << 16, dtype=jnp.float32)}
+  position = {"batches": 4}
+  checkpoints.save(manager, 4, state, position)
+  position["batches"] = 5
+  manager.wait_until_finished()
+  _, _, restored = checkpoints.restore(manager, state)
+  manager.close()
+  assert restored == {"batches": 4}
+
+
 @pytest.fixture(scope="module")
 def one_device_losses(tmp_path_factory, vocab):
   d = tmp_path_factory.mktemp("one")
