@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from codegen2_jax import optim, train
+from codegen2_jax import checkpoints, optim, train
 from codegen2_jax import train_step as ts
 from codegen2_jax.models.codegen import CodeGen, ModelConfig
 
@@ -131,7 +131,6 @@ def test_exact_resume_after_sigkill(tmp_path, vocab):
 def test_async_save_keeps_the_data_position_of_its_step(tmp_path):
   # The train loop advances the position dict right after an async save returns; the
   # checkpoint must hold the value at save time (a later one resumes on the wrong batch).
-  from codegen2_jax import checkpoints
   manager = checkpoints.make_manager(tmp_path / "ckpt", async_save=True)
   state = {"w": jnp.arange(1 << 16, dtype=jnp.float32)}
   position = {"batches": 4}
