@@ -152,16 +152,23 @@ def generate(model: nnx.Module, prompts: Sequence[Sequence[int]], max_new_tokens
 # Prompts and text-level helpers
 
 
+def _lead(vocab) -> list[int]:
+  """[<|endoftext|>] (documents follow an EOS in our training), or [] for a vocabulary
+  whose run says prompts start bare (`prepend_eos`: converted Hugging Face checkpoints)."""
+  return [V.special_ids(vocab).eos] if getattr(vocab, "prepend_eos", True) else []
+
+
 def completion_prompt(vocab, text: str) -> list[int]:
-  """Left-to-right prompt: <|endoftext|> then the text (documents follow an EOS in training)."""
-  return [V.special_ids(vocab).eos] + list(vocab.encode(text))
+  """Left-to-right prompt: <|endoftext|> then the text (see _lead)."""
+  return _lead(vocab) + list(vocab.encode(text))
 
 
 def infill_prompt(vocab, prefix: str, suffix: str) -> list[int]:
-  """CodeGen2 infill prompt: `prefix <mask_1> suffix <|endoftext|> <sep> <mask_1>`."""
+  """CodeGen2 infill prompt: `prefix <mask_1> suffix <|endoftext|> <sep> <mask_1>`, after
+  a leading <|endoftext|> (see _lead)."""
   ids = V.special_ids(vocab)
   m1 = ids.mask(1)
-  return ([ids.eos] + list(vocab.encode(prefix)) + [m1] + list(vocab.encode(suffix))
+  return (_lead(vocab) + list(vocab.encode(prefix)) + [m1] + list(vocab.encode(suffix))
           + [ids.eos, ids.sep, m1])
 
 

@@ -2,7 +2,8 @@
 
 Used by `sample` and `eval`. A checkpoint directory is a run's model_dir (or its
 checkpoints/ folder); the model shape comes from the run's `config.gin` unless gin files
-are given; the vocabulary is the one of the run's MIXTURE_OR_TASK_NAME.
+are given. The vocabulary is the run's own copy (model_dir/vocab/, see data.vocab), or for
+runs older than that, the one of the run's MIXTURE_OR_TASK_NAME.
 """
 
 from __future__ import annotations
@@ -66,15 +67,21 @@ def load(checkpoint_dir: str | Path, gin_files: Sequence[str] = (),
   cfg = ModelConfig()
   graphdef, abstract = nnx.split(nnx.eval_shape(lambda: CodeGen(cfg, nnx.Rngs(0))), nnx.Param)
   try:
+    # The latest step that restores; a damaged one is skipped with a line on stderr.
     got_step, params = checkpoints.restore_params(ckpt_dir, abstract, step)
-  except FileNotFoundError as e:
+  except (FileNotFoundError, checkpoints.CheckpointError) as e:
     raise RestoreError(str(e)) from e
-  vocab = None
+  from codegen2_jax.data import vocab as V
   try:
-    name = gin_config.macro("MIXTURE_OR_TASK_NAME")
-  except (KeyError, ValueError):
-    name = None
-  if name:
-    import seqio
-    vocab = seqio.get_mixture_or_task(name).output_features["targets"].vocabulary
+    vocab = V.load_from_run(run_dir)
+  except V.RunVocabularyError as e:
+    raise RestoreError(str(e)) from e
+  if vocab is None:  # a run from before runs carried their vocabulary
+    try:
+      name = gin_config.macro("MIXTURE_OR_TASK_NAME")
+    except (KeyError, ValueError):
+      name = None
+    if name:
+      import seqio
+      vocab = seqio.get_mixture_or_task(name).output_features["targets"].vocabulary
   return Restored(nnx.merge(graphdef, params), vocab, int(got_step), run_dir)

@@ -5,8 +5,9 @@
     python -m codegen2_jax.sample --checkpoint_dir=DIR --prompt_ids=1,2,3 --print_ids
 
 DIR is a run's model_dir (or its checkpoints/ folder); the model shape is read from the
-run's `config.gin`, or from `--gin_file`s. `--suffix` asks for an infill in the CodeGen2
-format (the middle, cut at <eom>). `--prompt_ids` needs no vocabulary.
+run's `config.gin`, or from `--gin_file`s, and the vocabulary is the run's own copy
+(DIR/vocab/). `--suffix` asks for an infill in the CodeGen2 format (the middle, cut at
+<eom>). `--prompt_ids` needs no vocabulary; `--print_ids` prints the generated ids.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from codegen2_jax import gin_config
 def main(argv=None) -> int:
   files, bindings, rest = gin_config.split_argv(sys.argv[1:] if argv is None else argv)
   ap = argparse.ArgumentParser(prog="python -m codegen2_jax.sample", description=__doc__,
+                               epilog=gin_config.macros_help(),
                                formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("--checkpoint_dir", required=True)
   ap.add_argument("--prompt")
@@ -45,7 +47,15 @@ def main(argv=None) -> int:
   args.stop = [codecs.decode(s, "unicode_escape") for s in args.stop]
   if (args.prompt is None) == (args.prompt_ids is None):
     ap.error("give exactly one of --prompt and --prompt_ids")
+  if args.max_new_tokens < 1:
+    return _error(f"--max_new_tokens must be at least 1 (got {args.max_new_tokens})")
+  try:
+    ids = _int_list(args.prompt_ids, "--prompt_ids")
+    stops = _int_list(args.stop_ids, "--stop_ids")
+  except ValueError as e:
+    return _error(str(e))
   from codegen2_jax import decoding, restore
+  from codegen2_jax.data import vocab as V
   try:
     r = restore.load(args.checkpoint_dir, files, bindings, args.step)
   except restore.RestoreError as e:
@@ -53,16 +63,29 @@ def main(argv=None) -> int:
     return 2
   kw = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
   try:
+    n = r.model.cfg.vocab_size
+    bad = [i for i in ids + stops if not 0 <= i < n]
+    if bad:
+      return _error(f"token id {bad[0]} is outside the model's vocabulary (ids 0..{n - 1})")
     if args.prompt_ids is not None:
-      ids = [int(x) for x in args.prompt_ids.split(",") if x.strip()]
-      stops = tuple(int(x) for x in (args.stop_ids or "").split(",") if x.strip())
       out = decoding.generate(r.model, [ids], args.max_new_tokens, stop_ids=stops, **kw)[0]
       print(json.dumps(out) if args.print_ids else out)
       return 0
     if r.vocab is None:
-      print("error: the run's config names no MIXTURE_OR_TASK_NAME, so there is no "
-            "vocabulary; use --prompt_ids", file=sys.stderr)
-      return 2
+      return _error("the run carries no vocabulary and its config names no "
+                    "MIXTURE_OR_TASK_NAME; use --prompt_ids")
+    if args.print_ids:  # the generated ids, up to and including the stop id
+      special = V.special_ids(r.vocab)
+      if args.suffix is not None:
+        prompt = decoding.infill_prompt(r.vocab, args.prompt, args.suffix)
+        default_stops = (special.eom, special.eos)
+      else:
+        prompt = decoding.completion_prompt(r.vocab, args.prompt)
+        default_stops = (special.eos,)
+      out = decoding.generate(r.model, [prompt], args.max_new_tokens,
+                              stop_ids=tuple(stops) or default_stops, **kw)[0]
+      print(json.dumps(out))
+      return 0
     if args.suffix is not None:
       print(decoding.infill(r.model, r.vocab, args.prompt, args.suffix, args.max_new_tokens,
                             **kw))
@@ -70,9 +93,21 @@ def main(argv=None) -> int:
       print(args.prompt + decoding.complete(r.model, r.vocab, args.prompt,
                                             args.max_new_tokens, stop_strings=args.stop, **kw))
   except ValueError as e:  # prompt too long for the model, bad sampling settings
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+    return _error(str(e))
   return 0
+
+
+def _error(message: str) -> int:
+  print(f"error: {message}", file=sys.stderr)
+  return 2
+
+
+def _int_list(text: str | None, flag: str) -> list[int]:
+  """'1, 2,3' -> [1, 2, 3]; None -> []."""
+  try:
+    return [int(x) for x in (text or "").split(",") if x.strip()]
+  except ValueError:
+    raise ValueError(f"{flag} must be comma-separated integers (got {text!r})") from None
 
 
 if __name__ == "__main__":

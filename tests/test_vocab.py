@@ -67,3 +67,67 @@ def test_train_small_vocabulary(tmp_path):
   v = V.CodeGenVocabulary(path)
   assert v.vocab_size == 600
   assert v.decode(v.encode(texts[0])) == texts[0]
+
+
+# ----------------------------------------------------------------------------------------
+# A run's own copy of its vocabulary (MODEL_DIR/vocab/)
+
+
+def test_save_and_load_a_run_vocabulary(tmp_path, vocab):
+  import hashlib
+  import json
+  for v, kind, name in ((vocab, "sentencepiece", "spm.model"),
+                        (V.codegen2_tokenizer(), "hf_tokenizer", "tokenizer.json")):
+    run = tmp_path / kind
+    assert V.load_from_run(run) is None
+    out = V.save_to_run(v, run, prepend_eos=kind == "sentencepiece")
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", name]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest == {"kind": kind, "file": name, "prepend_eos": kind == "sentencepiece",
+                        "sha256": hashlib.sha256((out / name).read_bytes()).hexdigest()}
+    got = V.load_from_run(run)
+    assert type(got) is type(v) and got.prepend_eos == (kind == "sentencepiece")
+    text = SAMPLES[0] + SAMPLES[2] + "<|endoftext|>"
+    assert got.encode(text) == v.encode(text) and got.vocab_size == v.vocab_size
+    assert V.special_ids(got) == V.special_ids(v)
+
+
+def test_a_damaged_run_vocabulary_is_named(tmp_path, vocab):
+  V.save_to_run(vocab, tmp_path)
+  model = tmp_path / "vocab" / "spm.model"
+  model.write_bytes(model.read_bytes()[:-1] + b"x")
+  with pytest.raises(V.RunVocabularyError, match=f"{model} has sha256 .* not the"):
+    V.load_from_run(tmp_path)
+  model.unlink()
+  with pytest.raises(V.RunVocabularyError, match=f"{model} is missing"):
+    V.load_from_run(tmp_path)
+  (tmp_path / "vocab" / "manifest.json").write_text('{"kind": "bpe"}')
+  with pytest.raises(V.RunVocabularyError, match="manifest.json lacks file, sha256"):
+    V.load_from_run(tmp_path)
+
+
+def test_record_in_run_copies_once_then_checks(tmp_path, vocab):
+  from codegen2_jax.data import registry
+  sha = V.record_in_run(vocab, tmp_path)
+  assert V.read_manifest(tmp_path)["sha256"] == sha
+  assert V.record_in_run(vocab, tmp_path) == sha  # a resume with the same vocabulary
+  other = tmp_path / "other"
+  assert V.record_in_run(V.codegen2_tokenizer(), other, write=False) is not None
+  assert V.read_manifest(other) is None  # write=False (not the primary host): no copy
+  with pytest.raises(V.RunVocabularyError) as e:
+    V.record_in_run(registry.FamilyVocabulary("stack"), tmp_path)  # CodeGen2's tokenizer
+  msg = str(e.value)
+  assert "\n" not in msg and str(tmp_path / "vocab" / "spm.model") in msg
+  assert "tokenizer.json" in msg and "--gin.registry.family_vocabulary.stack=" in msg
+
+
+def test_model_rows_against_the_vocabulary(caplog):
+  with pytest.raises(ValueError, match="51200 pieces but ModelConfig.vocab_size is 8192"):
+    V.check_model_rows(51200, 8192)
+  V.check_model_rows(8192, 8192)
+  V.check_model_rows(51200, 51200 + 128)  # padded to a multiple: fine
+  assert not caplog.records
+  V.check_model_rows(8192, 51200)
+  assert [r.getMessage() for r in caplog.records] == [
+      "the vocabulary has 8192 pieces but ModelConfig.vocab_size is 51200: 43008 embedding "
+      "rows will never be used"]

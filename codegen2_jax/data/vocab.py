@@ -1,19 +1,32 @@
-"""SentencePiece vocabulary with the CodeGen2 special tokens, as a seqio Vocabulary.
+"""Vocabularies as seqio Vocabularies, and the copy of its vocabulary every run carries.
 
-Token ids are fixed by construction so that objectives can name them without a lookup:
+Two kinds:
 
-    0 <pad>   1 <unk>   2 <|endoftext|> (EOS)   3 <sep>   4 <eom>
-    5 ... 4+N  <mask_1> ... <mask_N>   then "\t", then the learned BPE pieces.
+- `CodeGenVocabulary`: a SentencePiece BPE trained here (the CPU demo's, on the stdlib),
+  with the CodeGen2 special tokens at fixed ids so objectives can name them without a
+  lookup:
 
-The trainer settings are the ones DESIGN.md measured to round-trip source code byte for
-byte (byte fallback, identity normalisation, whitespace-only pieces, no dummy prefix).
+      0 <pad>   1 <unk>   2 <|endoftext|> (EOS)   3 <sep>   4 <eom>
+      5 ... 4+N  <mask_1> ... <mask_N>   then "\t", then the learned BPE pieces.
+
+  The trainer settings are the ones DESIGN.md measured to round-trip source code byte for
+  byte (byte fallback, identity normalisation, whitespace-only pieces, no dummy prefix).
+- `HfTokenizerVocabulary`: a Hugging Face tokenizer.json; `codegen2_tokenizer()` is the
+  released CodeGen2 one (bundled: 51,200 ids, `<|endoftext|>` 50256, `<sep>` 50299,
+  `<eom>` 50300, `<mask_k>` 51200 - k, no pad token: id 0 is `!`).
+
+A run is self-contained: `save_to_run` copies the vocabulary file into
+`MODEL_DIR/vocab/` (spm.model or tokenizer.json) with a manifest.json holding its sha256,
+and `load_from_run` gives it back, so a run moved to another machine decodes as it trained.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import io
+import json
 import logging
 import os
 import tempfile
@@ -137,6 +150,11 @@ class CodeGenVocabulary(seqio.SentencePieceVocabulary):
     self.ensure_trained()
     return super()._model_context()
 
+  def __eq__(self, other):
+    if not isinstance(other, seqio.SentencePieceVocabulary):
+      return NotImplemented  # lets a lazy vocabulary (registry) compare by what it names
+    return super().__eq__(other)
+
   def decode_visible(self, ids: Sequence[int]) -> str:
     """Decodes ids showing every special token (`<|endoftext|>`, `<pad>`), for inspection.
 
@@ -163,11 +181,15 @@ class CodeGenVocabulary(seqio.SentencePieceVocabulary):
 
 @dataclasses.dataclass(frozen=True)
 class SpecialIds:
-  """Ids of the CodeGen2 special tokens in one vocabulary (masks[k-1] is <mask_k>)."""
+  """Ids of the CodeGen2 special tokens in one vocabulary (masks[k-1] is <mask_k>).
+
+  `pad` is None when the vocabulary has no padding token (CodeGen2's): padding is never
+  a token id anyway, it is segment id 0 (data.converters).
+  """
   eos: int
   sep: int
   eom: int
-  pad: int
+  pad: int | None
   masks: tuple[int, ...]
 
   def mask(self, k: int) -> int:
@@ -192,8 +214,9 @@ class HfTokenizerVocabulary(seqio.Vocabulary):
   """seqio Vocabulary over a Hugging Face `tokenizer.json` (e.g. CodeGen2's own file).
 
   The file must define `<|endoftext|>`, `<sep>`, `<eom>` and `<mask_1>` (more `<mask_k>`
-  are used when present, in order); a missing one is an error naming it. `<pad>` is used
-  if present, else id 0 (padding is masked by segment ids anyway).
+  are used when present, in order); a missing one is an error naming it. `pad_id` is the
+  `<pad>` token's id, or None when there is none (CodeGen2's tokenizer: id 0 is `!`, a
+  real token); no code path takes a token id for padding.
   """
 
   def __init__(self, path: str | os.PathLike):
@@ -202,12 +225,18 @@ class HfTokenizerVocabulary(seqio.Vocabulary):
     self._tok = None
 
   @property
+  def tokenizer_file(self) -> str:
+    """Path of the tokenizer.json."""
+    return self._path
+
+  @property
   def tokenizer(self):
     if self._tok is None:
       from tokenizers import Tokenizer
-      if not Path(self._path).is_file():
+      if not tf.io.gfile.exists(self._path):
         raise FileNotFoundError(f"Hugging Face tokenizer file {self._path} does not exist")
-      self._tok = Tokenizer.from_file(self._path)
+      with tf.io.gfile.GFile(self._path, "r") as f:  # gfile: local or gs:// alike
+        self._tok = Tokenizer.from_str(f.read())
     return self._tok
 
   @functools.cached_property
@@ -223,16 +252,15 @@ class HfTokenizerVocabulary(seqio.Vocabulary):
     masks = []
     while (i := tok.token_to_id(mask_token(len(masks) + 1))) is not None:
       masks.append(i)
-    pad = tok.token_to_id(PAD)
-    return SpecialIds(eos=ids[EOS], sep=ids[SEP], eom=ids[EOM],
-                      pad=0 if pad is None else pad, masks=tuple(masks))
+    return SpecialIds(eos=ids[EOS], sep=ids[SEP], eom=ids[EOM], pad=tok.token_to_id(PAD),
+                      masks=tuple(masks))
 
   @property
   def eos_id(self) -> int:
     return self.special_ids.eos
 
   @property
-  def pad_id(self) -> int:
+  def pad_id(self) -> int | None:
     return self.special_ids.pad
 
   @property
@@ -265,8 +293,183 @@ class HfTokenizerVocabulary(seqio.Vocabulary):
     out.set_shape([])
     return out
 
+  def decode_tf(self, ids: tf.Tensor) -> tf.Tensor:
+    """Decodes a 1-D id tensor through its first <|endoftext|>.
+
+    seqio's version overwrites what follows EOS with pad_id, which here would be a real
+    token (or None); this one cuts the ids instead.
+    """
+    ids = tf.convert_to_tensor(ids, tf.int32)
+    after = tf.cumsum(tf.cast(tf.equal(ids, self.eos_id), tf.int32), exclusive=True)
+    return self._decode_tf(tf.boolean_mask(ids, tf.equal(after, 0)))
+
   def __eq__(self, other):
-    return isinstance(other, HfTokenizerVocabulary) and other._path == self._path
+    if not isinstance(other, HfTokenizerVocabulary):
+      return NotImplemented  # lets a lazy vocabulary (registry) compare by what it names
+    return other._path == self._path
 
   def __hash__(self):
     return hash(self._path)
+
+
+# ----------------------------------------------------------------------------------------
+# The released CodeGen2 tokenizer, bundled with the package
+
+CODEGEN2_TOKENIZER_DIR = Path(__file__).resolve().parent.parent / "assets" / "codegen2_tokenizer"
+
+
+@functools.lru_cache(maxsize=None)
+def codegen2_tokenizer() -> HfTokenizerVocabulary:
+  """The released CodeGen2 tokenizer (bundled tokenizer.json, 51,200 ids, Apache-2.0)."""
+  return HfTokenizerVocabulary(CODEGEN2_TOKENIZER_DIR / "tokenizer.json")
+
+
+def check_model_rows(vocab_size: int, model_vocab_size: int) -> None:
+  """ValueError if the model has fewer embedding rows than the vocabulary has ids; a
+  one-line warning if more than a tenth of its rows would never be used (e.g. the 8,192
+  stdlib pieces in a 51,200-row CodeGen2 model)."""
+  if vocab_size > model_vocab_size:
+    raise ValueError(f"the vocabulary has {vocab_size} pieces but ModelConfig.vocab_size is "
+                     f"{model_vocab_size}; set ModelConfig.vocab_size >= {vocab_size}")
+  if vocab_size < 0.9 * model_vocab_size:
+    logging.warning("the vocabulary has %d pieces but ModelConfig.vocab_size is %d: %d "
+                    "embedding rows will never be used", vocab_size, model_vocab_size,
+                    model_vocab_size - vocab_size)
+
+
+# ----------------------------------------------------------------------------------------
+# The run's own copy: MODEL_DIR/vocab/{spm.model | tokenizer.json, manifest.json}
+
+RUN_VOCAB_DIR = "vocab"
+MANIFEST = "manifest.json"
+_KINDS = {"sentencepiece": "spm.model", "hf_tokenizer": "tokenizer.json"}
+
+
+class RunVocabularyError(ValueError):
+  """A run's vocabulary copy is damaged or is not the one a resumed run would train with."""
+
+
+def _resolved(vocabulary):
+  """The concrete vocabulary behind a lazy one (registry.FamilyVocabulary), else itself."""
+  return getattr(vocabulary, "resolved", vocabulary)
+
+
+def vocabulary_file(vocabulary) -> tuple[str, str]:
+  """(kind, path of the file) of a file-backed vocabulary; trains a SentencePiece
+  vocabulary first if it is not trained yet. Raises TypeError for other vocabularies."""
+  v = _resolved(vocabulary)
+  if isinstance(v, HfTokenizerVocabulary):
+    return "hf_tokenizer", v.tokenizer_file
+  if isinstance(v, seqio.SentencePieceVocabulary):
+    if hasattr(v, "ensure_trained"):
+      v.ensure_trained()
+    return "sentencepiece", v.sentencepiece_model_file
+  raise TypeError(f"{type(v).__name__} is not backed by a SentencePiece .model or a "
+                  "tokenizer.json file, so a run cannot carry a copy of it")
+
+
+def sha256_file(path: str) -> str:
+  """Hex sha256 of a file (read through tf.io.gfile)."""
+  h = hashlib.sha256()
+  with tf.io.gfile.GFile(path, "rb") as f:
+    while chunk := f.read(1 << 20):
+      h.update(chunk)
+  return h.hexdigest()
+
+
+def _vocab_dir(run_dir) -> str:
+  return os.path.join(os.fspath(run_dir), RUN_VOCAB_DIR)
+
+
+def read_manifest(run_dir) -> dict | None:
+  """The run's vocab/manifest.json, or None when the run has no vocabulary copy."""
+  path = os.path.join(_vocab_dir(run_dir), MANIFEST)
+  if not tf.io.gfile.exists(path):
+    return None
+  with tf.io.gfile.GFile(path, "r") as f:
+    text = f.read()
+  try:
+    manifest = json.loads(text)
+  except ValueError as e:
+    raise RunVocabularyError(f"{path} is not valid JSON ({e})") from e
+  missing = [k for k in ("kind", "file", "sha256") if k not in manifest]
+  if missing:
+    raise RunVocabularyError(f"{path} lacks {', '.join(missing)}")
+  if _KINDS.get(manifest["kind"]) != manifest["file"]:
+    raise RunVocabularyError(f"{path}: kind {manifest['kind']!r} with file "
+                             f"{manifest['file']!r}; expected one of {_KINDS}")
+  return manifest
+
+
+def save_to_run(vocabulary, run_dir, prepend_eos: bool = True) -> Path:
+  """Copies the vocabulary's file into run_dir/vocab/ and writes manifest.json beside it
+  (kind, file, sha256, prepend_eos); returns the vocab folder. A SentencePiece
+  vocabulary that is not trained yet is trained first.
+
+  `prepend_eos`: whether prompts start with <|endoftext|> (True for runs trained here).
+  """
+  kind, src = vocabulary_file(vocabulary)
+  out = _vocab_dir(run_dir)
+  tf.io.gfile.makedirs(out)
+  dst = os.path.join(out, _KINDS[kind])
+  tf.io.gfile.copy(src, dst + ".tmp", overwrite=True)
+  tf.io.gfile.rename(dst + ".tmp", dst, overwrite=True)
+  manifest = {"kind": kind, "file": _KINDS[kind], "sha256": sha256_file(dst),
+              "prepend_eos": bool(prepend_eos)}
+  # The manifest goes last: a folder with a manifest always holds its whole file.
+  with tf.io.gfile.GFile(os.path.join(out, MANIFEST + ".tmp"), "w") as f:
+    f.write(json.dumps(manifest, indent=1) + "\n")
+  tf.io.gfile.rename(os.path.join(out, MANIFEST + ".tmp"), os.path.join(out, MANIFEST),
+                     overwrite=True)
+  return Path(out)
+
+
+def load_from_run(run_dir) -> seqio.Vocabulary | None:
+  """The vocabulary a run carries (run_dir/vocab/), or None if it carries none.
+
+  The returned vocabulary has `prepend_eos` from the manifest (decoding reads it). A file
+  whose sha256 is not the manifest's is a RunVocabularyError naming the file.
+  """
+  manifest = read_manifest(run_dir)
+  if manifest is None:
+    return None
+  path = os.path.join(_vocab_dir(run_dir), manifest["file"])
+  if not tf.io.gfile.exists(path):
+    raise RunVocabularyError(f"{path} is missing (its manifest.json names it)")
+  got = sha256_file(path)
+  if got != manifest["sha256"]:
+    raise RunVocabularyError(f"{path} has sha256 {got[:12]}..., not the "
+                             f"{manifest['sha256'][:12]}... its manifest.json records")
+  vocab = (HfTokenizerVocabulary(path) if manifest["kind"] == "hf_tokenizer"
+           else CodeGenVocabulary(path))
+  vocab.prepend_eos = bool(manifest.get("prepend_eos", True))
+  return vocab
+
+
+def record_in_run(vocabulary, run_dir, write: bool = True) -> str | None:
+  """At train start: a run without a vocabulary copy gets one (if `write`); a run with one
+  (a resume) must be about to train with the same file, else RunVocabularyError.
+
+  Trains a SentencePiece vocabulary first if needed. Returns the file's sha256, or None
+  for a vocabulary that is not file-backed (a warning says the run carries no copy).
+  """
+  try:
+    kind, src = vocabulary_file(vocabulary)
+  except TypeError as e:
+    logging.warning("%s", e)
+    return None
+  want = sha256_file(src)
+  manifest = read_manifest(run_dir)
+  if manifest is None:
+    if write:
+      save_to_run(vocabulary, run_dir)
+    return want
+  if manifest["sha256"] != want:
+    path = os.path.join(_vocab_dir(run_dir), manifest["file"])
+    family = getattr(vocabulary, "family", None)
+    fix = (f"; to resume with the run's own copy, add --gin.registry.family_vocabulary."
+           f"{family}=\"'{path}'\"" if family else "")
+    raise RunVocabularyError(
+        f"{run_dir} trained with {path} (sha256 {manifest['sha256'][:12]}...) but this "
+        f"run's task vocabulary is {src} (sha256 {want[:12]}...){fix}")
+  return want
