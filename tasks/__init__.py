@@ -1,7 +1,7 @@
 """seqio Task and Mixture registrations; importing this package registers them.
 
     stdlib_code, stdlib_prose, stdlib_demo   the embedded corpus (no download)
-    stack_<language> (19), stack_code        The Stack v1.1 dedup parquet files
+    stack_<language> (19), stack_code        The Stack v1.1 dedup parquet files (permissive)
     pile, stack_code_pile                    The Pile jsonl(.zst), and code + Pile 50/50
     stdlib_code_subset, stack_code_subset    smaller train sets for lesson 5 (multi-epoch)
 

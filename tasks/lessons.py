@@ -9,8 +9,10 @@ are measured on the same documents. At equal steps, the subset is seen for that 
 times more epochs (the trainer reports epoch/<task>).
 """
 
+import functools
+
 from codegen2_jax.data import files, registry, sources
-from tasks.stack import LANGUAGES, _lister
+from tasks.stack import LANGUAGES, _lister, language_rate, read_stack_parquet
 
 SUBSET_EVERY = 40  # ~150k train tokens: about 4 passes in the CPU lessons
 STACK_SUBSET_EVERY = 4
@@ -20,9 +22,9 @@ registry.register_task("stdlib_code_subset", sources.stdlib_code_source(train_ev
 for _name, _dir in LANGUAGES.items():
   _task = f"stack_{_name}_subset"
   registry.register_task(_task, files.FileSource(
-      _lister(_dir, _task), lambda p: files.read_parquet(p, "content"),
+      _lister(_dir, _task), functools.partial(read_stack_parquet, task=_task),
       f"task {_task} (The Stack {_dir} parquet files; set data_dirs.stack or "
-      "CODEGEN2_STACK_DIR)", train_file_every=STACK_SUBSET_EVERY))
+      "CODEGEN2_STACK_DIR)", train_file_every=STACK_SUBSET_EVERY), vocabulary="stack")
 
 registry.register_mixture("stack_code_subset",
-                          [(f"stack_{n}_subset", 1.0) for n in LANGUAGES])
+                          [(f"stack_{n}_subset", language_rate(n)) for n in LANGUAGES])

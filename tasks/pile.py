@@ -1,26 +1,30 @@
-"""The Pile: .jsonl / .jsonl.zst files of {"text": ..., "meta": {"pile_set_name": ...}}.
+"""The Pile: .jsonl / .jsonl.zst / .jsonl.gz files of {"text": ..., "meta": {...}}.
 
 Task `pile` (natural language, plus whatever code the Pile holds); mixture
-`stack_code_pile` mixes the 19 Stack languages with it 50/50 (the paper's lesson 4).
+`stack_code_pile` mixes the 19 Stack languages (at `stack.language_rates`, scaled to half)
+with it 50/50: the code + natural language arm of the paper's lesson 4. The final recipe
+(gin/runs/pretrain_*.gin) trains on `stack_code` alone, as the CodeGen2 model card says.
 """
 
 import os
 
 from codegen2_jax.data import files, registry
 from tasks.paths import data_dirs
-from tasks.stack import LANGUAGES
+from tasks.stack import LANGUAGES, language_rate
 
 
 def _list_pile_files():
   root = os.path.expanduser(data_dirs()["pile"])
-  return files.directory_files(root, ["*.jsonl", "*.jsonl.zst", "**/*.jsonl",
-                                      "**/*.jsonl.zst"], "task pile")()
+  return files.directory_files(root, [f"**/*{s}" for s in files.JSONL_SUFFIXES],
+                               "task pile")()
 
 
 registry.register_task("pile", files.FileSource(
     _list_pile_files, files.read_jsonl,
-    "task pile (.jsonl/.jsonl.zst files; set data_dirs.pile or CODEGEN2_PILE_DIR)"))
+    "task pile (.jsonl/.jsonl.zst/.jsonl.gz files; set data_dirs.pile or "
+    "CODEGEN2_PILE_DIR)"),
+    vocabulary="pile")
 
 registry.register_mixture(
     "stack_code_pile",
-    [(f"stack_{n}", 0.5 / len(LANGUAGES)) for n in LANGUAGES] + [("pile", 0.5)])
+    [(f"stack_{n}", language_rate(n, share=0.5)) for n in LANGUAGES] + [("pile", 0.5)])

@@ -21,6 +21,7 @@ import sys
 import time
 
 from codegen2_jax import gin_config
+from codegen2_jax.data.files import DataError
 
 
 def _setup(args, files, bindings) -> None:
@@ -48,8 +49,9 @@ def inspect_examples(name: str, n: int, split: str = "train", seq_len: int = 204
     rates = np.array([provider.get_rate(t) for t in tasks_], np.float64)
   else:
     tasks_, rates = [provider], np.ones(1)
-  iters = [iter(t.get_dataset({"targets": seq_len}, split=split, shuffle=True, seed=seed,
-                              num_epochs=None).as_numpy_iterator()) for t in tasks_]
+  from codegen2_jax.data.pipeline import numpy_iterator
+  iters = [numpy_iterator(t.get_dataset({"targets": seq_len}, split=split, shuffle=True,
+                                        seed=seed, num_epochs=None)) for t in tasks_]
   rng = np.random.RandomState(seed)
   examples = (next(iters[rng.choice(len(iters), p=rates / rates.sum())]) for _ in range(n))
   out = []
@@ -71,7 +73,7 @@ def bench(name: str, seconds: float, seq_len: int = 2048, batch_size: int = 8,
   from codegen2_jax.data import pipeline
   ds = pipeline.host_dataset(name, seq_len, batch_size, seed=seed, shard_index=0,
                              num_shards=1, track_epochs=track_epochs)
-  it = ds.as_numpy_iterator()
+  it = pipeline.numpy_iterator(ds)
   next(it)
   start = time.perf_counter()
   rows = real = 0
@@ -88,13 +90,15 @@ def bench(name: str, seconds: float, seq_len: int = 2048, batch_size: int = 8,
 def raw_texts(name: str, max_chars: int, split: str = "train"):
   """Raw documents of a task or mixture's sources, up to max_chars in all."""
   import seqio
+
+  from codegen2_jax.data.pipeline import numpy_iterator
   provider = seqio.get_mixture_or_task(name)
   tasks_ = provider.tasks if isinstance(provider, seqio.Mixture) else [provider]
   budget = max_chars
   per_task = max_chars // len(tasks_)
   for task in tasks_:
     used = 0
-    for ex in task.source.get_dataset(split=split, shuffle=False).as_numpy_iterator():
+    for ex in numpy_iterator(task.source.get_dataset(split=split, shuffle=False)):
       text = ex["text"].decode("utf-8", "replace")
       yield text
       used += len(text)
@@ -106,6 +110,7 @@ def raw_texts(name: str, max_chars: int, split: str = "train"):
 def main(argv=None) -> int:
   files, bindings, rest = gin_config.split_argv(sys.argv[1:] if argv is None else argv)
   ap = argparse.ArgumentParser(prog="python -m codegen2_jax.data", description=__doc__,
+                               epilog=gin_config.macros_help(),
                                formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = ap.add_subparsers(dest="command", required=True)
   for cmd in ("inspect", "bench", "prepare-vocab"):
@@ -152,6 +157,9 @@ def main(argv=None) -> int:
   except FileNotFoundError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  except DataError as e:  # a source failed while reading (pipeline.numpy_iterator)
+    print(f"error: {e}", file=sys.stderr)
+    return 1
   return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from typing import Iterator
 
 import jax
@@ -9,7 +10,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from codegen2_jax.data import converters, epochs
+from codegen2_jax.data import converters, epochs, files
 from codegen2_jax.data import vocab as V
 
 
@@ -59,9 +60,41 @@ def batches(ds: tf.data.Dataset, skip: int = 0, tracker: epochs.EpochTracker | N
   a data position). The `epoch` / `task` features go to `tracker` (if any), never on."""
   if skip:
     ds = ds.skip(skip)
-  for batch in ds.as_numpy_iterator():
+  for batch in numpy_iterator(ds):
     if tracker is not None:
       tracker.observe(batch)
     batch.pop("epoch", None)
     batch.pop("task", None)
     yield batch
+
+
+def numpy_iterator(ds: tf.data.Dataset) -> Iterator:
+  """`ds.as_numpy_iterator()`, except that an error raised while reading (a source's
+  DataError, or any tf.data error) comes out as a files.DataError with the source's own
+  one-line message, and after the tf.data iterator is gone.
+
+  Why: a tf.data iterator whose pipeline runs Python (from_generator sources) must be
+  destroyed while the interpreter is alive. TensorFlow's error keeps the iterator alive
+  through its traceback (the iterator's own `__next__` frame); an uncaught exception is
+  kept in `sys.last_traceback` until interpreter shutdown, whose teardown then destroys
+  the iterator while holding the GIL, and its tf.data worker threads, still inside or
+  entering the Python generators, wait for that GIL forever: the process prints the error
+  and sometimes never exits. Here the error is dropped, the iterator deleted (its worker
+  threads end normally) and a plain DataError raised instead, whose traceback holds no
+  iterator.
+  """
+  it = ds.as_numpy_iterator()
+  while True:
+    try:
+      item = next(it)
+    except StopIteration:
+      return
+    except tf.errors.OpError as e:
+      error = files.reader_error(e) or files.DataError(f"data pipeline failed: {e.message}")
+    else:
+      yield item
+      continue
+    # Outside the except block: the tf error and its traceback are released here.
+    del it
+    gc.collect()  # frames of the dropped traceback can form cycles holding the iterator
+    raise type(error)(str(error))  # same class (CorruptFileError...), no tf traceback

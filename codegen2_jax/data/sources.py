@@ -5,7 +5,9 @@ Natural language: the interpreter's bundled documentation prose, i.e. the help t
 `pydoc_data.topics` and the docstrings of stdlib modules, classes and functions.
 
 Documents are split deterministically into `train` and `validation` (about 2% held out)
-by a CRC of their name, so the split never depends on file-system order.
+by a CRC of their name, so the split never depends on file-system order; documents with
+identical text (copied files, repeated docstrings) all take the split of the first such
+name in sorted order, so no text is in both splits.
 """
 
 from __future__ import annotations
@@ -97,7 +99,12 @@ def split_docs(docs, split: str) -> list[tuple[str, str]]:
   if split not in ("train", "validation"):
     raise ValueError(f"unknown split {split!r}; expected 'train' or 'validation'")
   want_validation = split == "validation"
-  return [d for d in docs if files.held_out(d[0], VALIDATION_EVERY) == want_validation]
+  first_name: dict[str, str] = {}  # text -> the smallest name holding it
+  for name, text in docs:
+    if text not in first_name or name < first_name[text]:
+      first_name[text] = name
+  return [d for d in docs
+          if files.held_out(first_name[d[1]], VALIDATION_EVERY) == want_validation]
 
 
 def _dataset_fn(docs_fn, train_every: int = 1):
