@@ -18,10 +18,15 @@ def _fmt_eta(seconds: float) -> str:
 class MetricsWriter:
   """Writes one record per logged step to `DIR/metrics.jsonl`, TensorBoard and the console.
 
-  Only process 0 writes files; every process may call it.
+  Only process 0 writes files; every process may call it. A run resumed from step
+  `start_step` re-runs the steps after it, so their old records are dropped from
+  metrics.jsonl and superseded in TensorBoard: every writer starts with a SessionLog.START
+  event at start_step + 1, TensorBoard's own restart marker; from the second one on, its
+  loader discards the events written before it at that step or later.
   """
 
-  def __init__(self, model_dir: str | Path, total_steps: int, is_primary: bool = True):
+  def __init__(self, model_dir: str | Path, total_steps: int, is_primary: bool = True,
+               start_step: int = 0):
     self.total_steps = total_steps
     self.is_primary = is_primary
     self._jsonl = None
@@ -29,9 +34,11 @@ class MetricsWriter:
     if is_primary:
       model_dir = Path(model_dir)
       model_dir.mkdir(parents=True, exist_ok=True)
+      _drop_records_after(model_dir / "metrics.jsonl", start_step)
       self._jsonl = open(model_dir / "metrics.jsonl", "a", encoding="utf-8")
       import tensorflow as tf  # TensorBoard's writer; tf is already a data dependency
       self._tb = tf.summary.create_file_writer(str(model_dir / "tensorboard"))
+      _write_restart_marker(self._tb, start_step + 1)
 
   def write(self, step: int, metrics: dict[str, float], steps_per_s: float | None = None) -> None:
     """Records `metrics` (scalars) at `step` and prints a progress line."""
@@ -85,10 +92,45 @@ class MetricsWriter:
       self._tb.close()
 
 
+def _drop_records_after(path: Path, step: int) -> None:
+  """Rewrites metrics.jsonl without the records of steps after `step` (atomically)."""
+  if not path.is_file():
+    return
+  lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+  keep = []
+  for line in lines:
+    try:
+      if json.loads(line)["step"] > step:
+        continue
+    except (ValueError, KeyError, TypeError):  # a line cut by a crash: drop it too
+      continue
+    keep.append(line if line.endswith("\n") else line + "\n")
+  if len(keep) != len(lines):
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(keep), encoding="utf-8")
+    tmp.replace(path)
+    logging.info("metrics.jsonl: dropped %d records after step %d (re-run after the "
+                 "resume)", len(lines) - len(keep), step)
+
+
+def _write_restart_marker(writer, step: int) -> None:
+  """A SessionLog.START event at `step`. TensorBoard takes the first one in a log
+  directory as the start and each later one as a restart: it then discards the events of
+  steps >= `step` written before it (they belong to the run that was interrupted)."""
+  import tensorflow as tf
+  from tensorboard.compat.proto import event_pb2
+  from tensorflow.python.ops import summary_ops_v2  # import_event has no public alias
+  event = event_pb2.Event(step=step, wall_time=time.time(),
+                          session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START))
+  with writer.as_default():
+    summary_ops_v2.import_event(tf.constant(event.SerializeToString()))
+  writer.flush()
+
+
 def reduce_window(steps: list[dict]) -> dict[str, float]:
   """Combines the per-step metrics of a log window: token counts are summed, per-objective
-  losses and accuracies weighted by their token counts (`loss/X` by `tokens/X`), the rest
-  averaged."""
+  losses and accuracies weighted by their token counts (`loss/X` by `tokens/X`; left out
+  when objective X had no tokens in the window), the rest averaged."""
   out = {}
   for k in steps[0]:
     vals = np.array([float(s[k]) for s in steps])
@@ -98,7 +140,8 @@ def reduce_window(steps: list[dict]) -> dict[str, float]:
       out[k] = float(vals.sum())
     elif k.startswith(("loss/", "accuracy/")):
       w = np.array([float(s["tokens/" + k.split("/", 1)[1]]) for s in steps])
-      out[k] = float((vals * w).sum() / max(w.sum(), 1.0))
+      if w.sum() > 0:  # an objective with no tokens in the window has no loss, not 0.0
+        out[k] = float((vals * w).sum() / w.sum())
     else:
       out[k] = float(vals.mean())
   return out
@@ -109,6 +152,10 @@ class Throughput:
 
   def __init__(self):
     self._t = time.perf_counter()
+
+  def exclude(self, seconds: float) -> None:
+    """Leaves `seconds` spent on something else (an evaluation) out of this window."""
+    self._t += seconds
 
   def tick(self, tokens: float, steps: int) -> tuple[float, float]:
     now = time.perf_counter()

@@ -89,6 +89,7 @@ def test_packed_batches_report_the_mean_epoch_per_task(tmp_path, vocab):
 
 
 def test_split_documents_counts_long_documents_in_a_log_line(capfd):
+  objectives.LONG_DOCUMENTS.reset()  # the count is process-wide (once per run)
   ds = tf.data.Dataset.from_tensor_slices(
       {"targets": tf.ragged.constant([list(range(1, 251)), [5, 6]] * 10),
        "source": ["a", "b"] * 10})

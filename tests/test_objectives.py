@@ -9,17 +9,17 @@ from codegen2_jax.data import objectives as O
 from codegen2_jax.data import vocab as V
 
 
-def reinsert(targets):
+def reinsert(targets, ids=V.DEFAULT_SPECIAL_IDS):
   """Puts every span back at its sentinel; returns (document, sentinels in order)."""
   targets = list(targets)
-  sep = targets.index(V.SEP_ID)
-  assert targets[sep - 1] == V.EOS_ID
+  sep = targets.index(ids.sep)
+  assert targets[sep - 1] == ids.eos
   body, tail = targets[: sep - 1], targets[sep + 1:]
   spans, order, i = {}, [], 0
   while i < len(tail):
     sentinel = tail[i]
-    assert V.FIRST_MASK_ID <= sentinel < V.FIRST_MASK_ID + V.NUM_SENTINELS
-    end = tail.index(V.EOM_ID, i + 1)  # <eom> closes every span
+    assert sentinel in ids.masks
+    end = tail.index(ids.eom, i + 1)  # <eom> closes every span
     spans[sentinel] = tail[i + 1:end]
     order.append(sentinel)
     i = end + 1
@@ -62,8 +62,8 @@ def test_span_corruption_reinserts_exactly(n):
     got, order = reinsert(targets)
     assert got == doc
     assert order == [V.mask_id(k) for k in range(1, len(order) + 1)]  # numbered in order
-    assert 1 <= len(order) <= 16
-    assert len(targets) <= n + O.span_corruption_overhead(16)
+    assert 1 <= len(order) <= V.NUM_SENTINELS
+    assert len(targets) == n + O.span_corruption_overhead(len(order))
     assert set(ex["objective"].numpy().tolist()) == {O.SPAN_CORRUPTION}
 
 
@@ -179,3 +179,109 @@ def test_unknown_objective_is_refused():
   ds = tf.data.Dataset.from_tensor_slices({"targets": [[1, 2]], "source": ["x"]})
   with pytest.raises(ValueError, match="unknown objectives"):
     O.objective_mixture(ds, None, probabilities=(("causal", 1.0),))
+
+
+# ----------------------------------------------------------------------------------------
+# Span statistics: the settings mean what they say (noise density, mean span length)
+
+CODEGEN2_IDS = V.SpecialIds(eos=50256, sep=50299, eom=50300, pad=None,
+                            masks=tuple(51200 - k for k in range(1, 900)))
+
+
+class _CodeGen2Ids:
+  """Stands in for CodeGen2's tokenizer: the objectives read only its special ids."""
+  special_ids = CODEGEN2_IDS
+
+
+def span_statistics(name, ids, seq_len, num_docs=200, doc_len=2000):
+  """Runs objective `name` over num_docs random documents of doc_len tokens through
+  objective_mixture (as training does) and measures, over all sequences, the noise density
+  (noise tokens / document tokens) and the mean span length (noise tokens / spans).
+  Checks that every document comes back exactly from its pieces and that rows fit."""
+  docs = np.random.RandomState(0).randint(100, 900, (num_docs, doc_len))
+  ds = tf.data.Dataset.from_tensor_slices({"targets": tf.constant(docs, tf.int32),
+                                           "source": tf.constant([str(i) for i in
+                                                                  range(num_docs)])})
+  features = None if ids is V.DEFAULT_SPECIAL_IDS else {"targets": seqio.Feature(
+      _CodeGen2Ids())}
+  with seqio.map_seed_manager(7):
+    out = O.objective_mixture(ds, seq_len and {"targets": seq_len}, features,
+                              probabilities=((name, 1.0),))
+  noise = spans = doc_tokens = sequences = 0
+  rebuilt = {}
+  for ex in out.as_numpy_iterator():
+    targets = ex["targets"].tolist()
+    assert seq_len is None or len(targets) <= seq_len
+    piece, order = reinsert(targets, ids)
+    assert order == list(ids.masks[:len(order)])
+    rebuilt.setdefault(int(ex["source"]), []).extend(piece)
+    noise += len(targets) - targets.index(ids.sep) - 1 - 2 * len(order)  # after <sep>
+    spans += len(order)
+    doc_tokens += len(piece)
+    sequences += 1
+  assert [rebuilt[i] for i in range(num_docs)] == docs.tolist()
+  return noise / doc_tokens, noise / spans, sequences / num_docs
+
+
+FILE_LEVEL = ("span_corruption", 0.15, 11.5)  # defaults: mean of U(0.05, 0.25); 11.5
+T5 = ("t5_span_corruption", 0.15, 3.0)
+
+
+@pytest.mark.parametrize("objective,ids,seq_len", [
+    (FILE_LEVEL, V.DEFAULT_SPECIAL_IDS, 2048),  # stdlib SentencePiece: 64 sentinels
+    (FILE_LEVEL, CODEGEN2_IDS, 2048),           # CodeGen2's tokenizer: 899 sentinels
+    (T5, V.DEFAULT_SPECIAL_IDS, 2048),
+    (T5, CODEGEN2_IDS, 2048),
+    (T5, V.DEFAULT_SPECIAL_IDS, None)],         # no row limit: the 64 sentinels cut documents
+    ids=["file-64", "file-899", "t5-64", "t5-899", "t5-64-unlimited-row"])
+def test_span_statistics_match_their_settings(objective, ids, seq_len):
+  # 200 documents here; benchmarks/span_stats.py measures 1,000 (README figures).
+  name, want_density, want_span = objective
+  density, span, pieces = span_statistics(name, ids, seq_len)
+  assert abs(density / want_density - 1) < 0.1, density
+  assert abs(span / want_span - 1) < 0.1, span
+  if name == "t5_span_corruption":  # 100 spans: 300 markup tokens, or over 64 sentinels
+    assert pieces == 2
+
+
+def test_default_reserve_leaves_room_for_file_level_spans():
+  reserve = O.span_corruption_reserve(2048)
+  n = 2048 - reserve  # the longest piece split_documents makes
+  doc = tf.range(100, 100 + n)
+  ex = O.span_corruption_example(doc, tf.constant([0, 1]), 2048, mask_ratio=(0.25, 0.25),
+                                 pieces=True, ids=CODEGEN2_IDS)
+  assert ex["targets"].nrows() == 1  # fits at the highest mask ratio without a cut
+  targets = ex["targets"][0].numpy().tolist()
+  assert len(targets) <= 2048
+  _, order = reinsert(targets, CODEGEN2_IDS)
+  assert len(order) == round(round(0.25 * n) / 11.5)  # not capped: spans of the mean length
+  assert reserve == O.span_corruption_reserve(2048, (0.05, 0.25), 11.5)
+  assert O.span_corruption_reserve(64) >= O.MIN_RESERVE
+
+
+def test_span_settings_are_checked():
+  with pytest.raises(ValueError, match="mean span length 0.5 must be >= 1"):
+    O.span_corruption_example(tf.range(10), tf.constant([0, 0]), mean_span_length=0.5)
+  with pytest.raises(ValueError, match=r"noise density \(0.3, 0.1\) must lie in"):
+    O.span_corruption_example(tf.range(10), tf.constant([0, 0]), mask_ratio=(0.3, 0.1))
+
+
+def test_long_documents_are_reported_once_per_run(capfd):
+  O.LONG_DOCUMENTS.reset()
+  ds = tf.data.Dataset.from_tensor_slices({"targets": tf.ragged.constant([list(range(1, 251))]),
+                                           "source": ["a"]})
+  for _ in range(3):  # e.g. the train pipeline and two evaluations
+    assert len(list(O.split_documents(ds, {"targets": 100}, reserve=10))) == 3
+  err = capfd.readouterr().err
+  assert err.count("split_documents: 1 documents so far were longer than 90") == 1
+
+
+def test_objectives_never_sampled_log_no_loss():
+  from codegen2_jax import metrics
+  steps = [{"loss": 2.0, "loss/causal_lm": 2.0, "tokens/causal_lm": 10.0,
+            "loss/prefix_lm": 0.0, "accuracy/prefix_lm": 0.0, "tokens/prefix_lm": 0.0},
+           {"loss": 4.0, "loss/causal_lm": 4.0, "tokens/causal_lm": 30.0,
+            "loss/prefix_lm": 0.0, "accuracy/prefix_lm": 0.0, "tokens/prefix_lm": 0.0}]
+  out = metrics.reduce_window(steps)
+  assert out["loss/causal_lm"] == 3.5 and out["tokens/prefix_lm"] == 0.0
+  assert "loss/prefix_lm" not in out and "accuracy/prefix_lm" not in out
