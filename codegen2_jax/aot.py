@@ -343,8 +343,12 @@ def main(argv=None) -> int:
   # process that loaded libtpu (one without JAX_PLATFORMS=cpu) holds until it exits.
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   from codegen2_jax import gin_config
+  argv = sys.argv[1:] if argv is None else argv
+  if any(a in ("-h", "--help") for a in argv):
+    print(__doc__.strip() + "\n\n" + gin_config.macros_help())
+    return 0
   try:
-    files, bindings, rest = gin_config.split_argv(sys.argv[1:] if argv is None else argv)
+    files, bindings, rest = gin_config.split_argv(argv)
   except gin_config.GinConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

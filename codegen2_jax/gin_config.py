@@ -25,6 +25,20 @@ STANDARD_MACROS = ("TRAIN_STEPS", "BATCH_SIZE", "SEQ_LEN", "CHECKPOINT_EVERY", "
                    "SEED", "MIXTURE_OR_TASK_NAME")
 
 
+def macros_help() -> str:
+  """The standard macros and what they mean, for an entry point's --help."""
+  return """Main gin macros (set in a run file, override with --gin.NAME=VALUE):
+  MIXTURE_OR_TASK_NAME  seqio task or mixture to train on, e.g. 'stdlib_demo'
+  TRAIN_STEPS           the step to train up to (a positive int)
+  BATCH_SIZE            global batch in sequences; divides over hosts and data-parallel devices
+  SEQ_LEN               tokens per packed row (also the model's max_len)
+  CHECKPOINT_EVERY      steps between checkpoints (one is always written at the end)
+  LOG_EVERY             steps between metric lines
+  SEED                  model init and data order
+Any configurable's parameter: --gin.train.eval_every=200, --gin.ModelConfig.n_layers=4,
+--gin.make_optimizer.weight_decay=0.0 (see gin/runs/base.gin and gin/models/)."""
+
+
 class GinConfigError(ValueError):
   """A gin file or binding on the command line is wrong (the message says which)."""
 

@@ -8,8 +8,10 @@ cleanly on SIGTERM) -> final checkpoint -> restore it and show a completion and 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import gin
@@ -22,6 +24,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from codegen2_jax import checkpoints, decoding, flops, metrics, optim, partitioning
 from codegen2_jax import train_step as ts
 from codegen2_jax.data import epochs, pipeline
+from codegen2_jax.data import vocab as V
 from codegen2_jax.models.codegen import CodeGen, ModelConfig, count_params
 
 
@@ -75,19 +78,83 @@ def build_train_step(cfg: ModelConfig, seed: int, train_steps: int, mesh, rules,
   return model, graphdef, state, step_fn_raw, step_fn
 
 
+class SettingsError(ValueError):
+  """A training setting is wrong (one line naming the setting and the fix)."""
+
+
+def check_settings(**settings) -> None:
+  """Checks the run's numeric settings before any work; SettingsError names the macro.
+
+  train_steps, batch_size, seq_len, checkpoint_every, log_every: positive ints;
+  eval_every: an int >= 0 (0: never); eval_batches: a positive int.
+  """
+  macro = {"train_steps": "TRAIN_STEPS", "batch_size": "BATCH_SIZE", "seq_len": "SEQ_LEN",
+           "checkpoint_every": "CHECKPOINT_EVERY", "log_every": "LOG_EVERY",
+           "eval_every": "train.eval_every", "eval_batches": "train.eval_batches"}
+  for name, value in settings.items():
+    label = macro.get(name, name)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+      raise SettingsError(f"{label} must be an int, got {value!r} ({type(value).__name__})")
+    least = 0 if name == "eval_every" else 1
+    if value < least:
+      if name == "train_steps":
+        raise SettingsError(f"TRAIN_STEPS must be at least 1, got {value}: it is the step to "
+                            "train up to (set --gin.TRAIN_STEPS=N)")
+      raise SettingsError(f"{label} must be {'>= 0' if least == 0 else 'positive'}, "
+                          f"got {value}")
+
+
+def check_batch_split(batch_size: int, mesh, rules) -> None:
+  """BATCH_SIZE must split evenly over the hosts and the devices the batch is sharded on."""
+  hosts = jax.process_count()
+  if batch_size % hosts:
+    raise SettingsError(f"BATCH_SIZE {batch_size} does not divide over {hosts} hosts; use a "
+                        f"multiple of {hosts}")
+  spec = partitioning.batch_sharding(mesh, rules).spec
+  axes = spec[0] if spec and spec[0] is not None else ()
+  axes = (axes,) if isinstance(axes, str) else tuple(axes)
+  devices = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
+  if batch_size % devices:
+    raise SettingsError(
+        f"BATCH_SIZE {batch_size} does not divide over the {devices} data-parallel devices "
+        f"(mesh axes {', '.join(axes)} of {dict(mesh.shape)}); use a multiple of {devices}")
+
+
+def prepare_model_dir(model_dir: str) -> Path:
+  """Creates model_dir and checks that it is a writable directory (SettingsError if not)."""
+  path = Path(model_dir).absolute()
+  if path.exists() and not path.is_dir():
+    raise SettingsError(f"model_dir {path} is a file, not a directory")
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+    probe = path / f".write_test.{os.getpid()}"
+    probe.write_bytes(b"")
+    probe.unlink()
+  except OSError as e:
+    raise SettingsError(f"model_dir {path} is not writable: {e.strerror or e}") from e
+  return path
+
+
 class _Preemption:
   """Turns SIGTERM (TPU maintenance, Slurm, `kill`) into a flag the loop checks."""
 
   def __init__(self):
     self.requested = False
+    self._previous = None
     try:
-      signal.signal(signal.SIGTERM, self._handler)
+      self._previous = signal.signal(signal.SIGTERM, self._handler)
     except ValueError:  # not in the main thread (e.g. called from a test thread)
       pass
 
   def _handler(self, signum, frame):
     logging.warning("SIGTERM received: saving a checkpoint and exiting")
     self.requested = True
+
+  def release(self) -> None:
+    """Puts back the SIGTERM handler that was there before."""
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None
 
 
 def show_samples(model_dir: str, cfg: ModelConfig, vocab, prompt: str, infill_prefix: str,
@@ -155,22 +222,31 @@ def train(model_dir: str, *, mixture_or_task_name: str = gin.REQUIRED,
   import tasks  # noqa: F401  (registers the stock tasks and mixtures)
   import seqio
 
-  model_dir = str(Path(model_dir).absolute())
-  Path(model_dir).mkdir(parents=True, exist_ok=True)
+  # Settings first: a wrong one fails in a line before any compilation.
+  check_settings(train_steps=train_steps, batch_size=batch_size, seq_len=seq_len,
+                 checkpoint_every=checkpoint_every, log_every=log_every,
+                 eval_every=eval_every, eval_batches=eval_batches)
+  model_dir = str(prepare_model_dir(model_dir))
   primary = jax.process_index() == 0
-
-  # Vocabulary: trained and cached once (a few seconds on the embedded corpus).
-  vocab = seqio.get_mixture_or_task(mixture_or_task_name).output_features["targets"].vocabulary
-  if hasattr(vocab, "ensure_trained"):
-    vocab.ensure_trained()
-  cfg = ModelConfig()
-  if vocab.vocab_size > cfg.vocab_size:
-    raise ValueError(f"the vocabulary has {vocab.vocab_size} pieces but ModelConfig.vocab_size "
-                     f"is {cfg.vocab_size}; set ModelConfig.vocab_size >= {vocab.vocab_size}")
-
-  # Mesh, model and optimizer, sharded by the logical axis rules.
-  mesh = partitioning.make_mesh()
+  try:
+    mesh = partitioning.make_mesh()
+  except ValueError as e:
+    raise SettingsError(str(e)) from e
   rules = partitioning.logical_axis_rules()
+  check_batch_split(batch_size, mesh, rules)
+
+  # Vocabulary (a SentencePiece one is trained and cached once, a few seconds on the
+  # embedded corpus); the run keeps a copy in model_dir/vocab/ and a resume must match it.
+  vocab = seqio.get_mixture_or_task(mixture_or_task_name).output_features["targets"].vocabulary
+  V.record_in_run(vocab, model_dir, write=primary)
+  cfg = ModelConfig()
+  V.check_model_rows(vocab.vocab_size, cfg.vocab_size)  # too few rows: error; many more: warning
+
+  # A model_dir holding a run of another model shape stops here (metadata only).
+  checkpoints.check_compatible(Path(model_dir) / "checkpoints", nnx.state(
+      nnx.eval_shape(lambda: CodeGen(cfg, nnx.Rngs(seed))), nnx.Param))
+
+  # Model and optimizer on the mesh, sharded by the logical axis rules.
   model, graphdef, state, step_fn_raw, step_fn = build_train_step(cfg, seed, train_steps,
                                                                   mesh, rules)
   logging.info("model: %.2fM parameters, mesh %s", count_params(model) / 1e6, dict(mesh.shape))
@@ -179,7 +255,10 @@ def train(model_dir: str, *, mixture_or_task_name: str = gin.REQUIRED,
   manager = checkpoints.make_manager(Path(model_dir) / "checkpoints")
   data_position = {"batches": 0}
   if manager.latest_step() is not None:
-    _, state, data_position = checkpoints.restore(manager, state)
+    try:  # a step that does not restore is moved aside, so its retrained step saves
+      _, state, data_position = checkpoints.restore(manager, state)
+    except FileNotFoundError as e:  # every step was damaged (and is now set aside)
+      logging.warning("%s; starting from step 0", e)
   start = int(state["step"])
 
   ds = pipeline.host_dataset(mixture_or_task_name, seq_len, batch_size, seed=seed)
@@ -192,7 +271,7 @@ def train(model_dir: str, *, mixture_or_task_name: str = gin.REQUIRED,
   data = pipeline.batches(ds, skip=data_position["batches"], tracker=epoch_tracker)
   batch_sharding = partitioning.batch_sharding(mesh, rules)
 
-  writer = metrics.MetricsWriter(model_dir, train_steps, is_primary=primary)
+  writer = metrics.MetricsWriter(model_dir, train_steps, is_primary=primary, start_step=start)
   flops_per_token = flops.training_flops_per_token(cfg, count_params(model), seq_len)
   peak = flops.peak_flops_per_device()  # None on CPU unless set: no MFU then
   evaluate = make_evaluator(graphdef, mixture_or_task_name, seq_len, batch_size, seed,
@@ -240,15 +319,23 @@ def train(model_dir: str, *, mixture_or_task_name: str = gin.REQUIRED,
         writer.write(step, m, steps_s)
         first_loss = float(m["loss"]) if first_loss is None else first_loss
         last_loss = float(m["loss"])
+      if preempt.requested:  # save before anything else: the grace period is short
+        checkpoints.save(manager, step, state, data_position, force=True)
+        break
       if evaluate and (step % eval_every == 0 or step == train_steps):
+        t_eval = time.perf_counter()
         writer.write_eval(step, evaluate(state["params"]))
+        clock.exclude(time.perf_counter() - t_eval)  # not in the window's tokens/s
       if step % checkpoint_every == 0 or step == train_steps or preempt.requested:
         checkpoints.save(manager, step, state, data_position, force=preempt.requested)
-      if preempt.requested:
+      if preempt.requested:  # it came during the evaluation: saved just above
         break
-  manager.wait_until_finished()
-  manager.close()
+  checkpoints.finish(manager)  # SaveError: one line with the cause and the last good step
+  preempt.release()
   writer.close()
+  if preempt.requested:
+    print(f"preempted: saved step {step} to {manager.directory}; rerun to resume",
+          flush=True)
   if primary and not (Path(model_dir) / "config.gin").exists():
     (Path(model_dir) / "config.gin").write_text(gin.config_str())
   summary = {"first_loss": first_loss, "last_loss": last_loss, "steps": step - start,

@@ -1,5 +1,6 @@
-"""Training loop: accumulation, non-finite losses, checkpoint fallback, preemption, exact
-resume, mesh presets on 8 simulated devices, restore onto another device count."""
+"""Training loop: accumulation, non-finite losses, preemption, exact resume, mesh presets
+on 8 simulated devices, restore onto another device count (damaged checkpoints and other
+failures: test_failures.py)."""
 
 import json
 import os
@@ -81,18 +82,6 @@ def test_nonfinite_loss_stops_naming_the_step_or_is_skipped(tmp_path, vocab, cap
   assert [r for r in recs if "loss" in r][-1]["skipped_steps"] == 4
 
 
-def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, vocab, capsys, caplog):
-  d = tmp_path / "run"
-  assert train.main([*TINY, f"--model_dir={d}"]) == 0
-  for f in (d / "checkpoints" / "4" / "state").rglob("*"):
-    if f.is_file() and f.stat().st_size > 0:
-      f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
-  capsys.readouterr()
-  assert train.main([*TINY, f"--model_dir={d}", "--gin.TRAIN_STEPS=6"]) == 0
-  assert "steps 2..6" in capsys.readouterr().out
-  assert "checkpoints/4 does not restore" in caplog.text
-
-
 def test_sigterm_saves_the_current_step_and_exits_zero(tmp_path, vocab):
   d = tmp_path / "run"
   p = run_cli(d, "--gin.TRAIN_STEPS=100000", "--gin.CHECKPOINT_EVERY=100000", wait=False)
@@ -123,6 +112,8 @@ def test_exact_resume_after_sigkill(tmp_path, vocab):
   code, out = run_cli(d, "--gin.TRAIN_STEPS=8", "--gin.CHECKPOINT_EVERY=4")
   assert code == 0, out
   assert "steps 4..8" in out
+  # A clean console: no TensorFlow CUDA probing on this GPU-less machine, no AutoGraph.
+  assert "cuInit" not in out and "cuda drivers" not in out and "AutoGraph" not in out, out
   want, got = losses(ref), losses(d)
   for s in range(5, 9):
     assert got[s] == pytest.approx(want[s], rel=1e-6, abs=1e-6), s
