@@ -2,19 +2,24 @@
 # The two commands of the README:
 #   ./run.sh demo [MODEL_DIR]   train the CPU demo on the embedded corpus, then sample from it
 #   ./run.sh test [PYTEST ARGS] run the test suite
-# Each creates .venv on first use (Python 3.11 + pip are all it needs), reinstalls only when
-# setup.py changes, and is safe to rerun.
+# Each creates .venv on first use (Python 3.11 + pip are all it needs), installs the exact
+# versions of requirements-lock.txt (the set the tests passed with), reinstalls only when
+# setup.py or the lock file changes, and is safe to rerun.
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON="${PYTHON:-python3}"
 VENV=.venv
-STAMP="$VENV/.installed-$(sha1sum setup.py | cut -c1-12)"
+STAMP="$VENV/.installed-$(cat setup.py requirements-lock.txt | sha1sum | cut -c1-12)"
 
 if [[ ! -f "$STAMP" ]]; then
+  if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] < (3, 11))' 2>/dev/null; then
+    echo "[run.sh] $PYTHON is not Python 3.11 or newer (tested: 3.11); set PYTHON=python3.11" >&2
+    exit 2
+  fi
   echo "[run.sh] installing into $VENV (about a minute, once)" >&2
   [[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
   "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
-  "$VENV/bin/python" -m pip install -q -e ".[test]"
+  "$VENV/bin/python" -m pip install -q -c requirements-lock.txt -e ".[test]"
   rm -f "$VENV"/.installed-*
   touch "$STAMP"
 fi

@@ -5,7 +5,10 @@
 #   launch/gpu_node.sh -- --gin_file=gin/runs/pretrain_1b.gin --gin_file=gin/hardware/gpu.gin \
 #       --model_dir=/checkpoints/1b
 #
-# Needs `pip install -e '.[gpu]'`. --dry_run prints the command instead of running it.
+# Needs this project installed with the tested versions: from its root,
+# `pip install -c requirements-lock.txt -e '.[gpu]'`. Runs in the current directory (relative
+# --gin_file, --model_dir and `import my_tasks` paths mean what they mean here). --dry_run
+# prints the command instead of running it.
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 GPUS="" DRY=0
@@ -19,7 +22,6 @@ while [[ $# -gt 0 ]]; do
   shift
 done
 [[ $# -gt 0 ]] || { echo "give the training arguments after --" >&2; exit 2; }
-cd "$(dirname "$0")/.."
 ENV=(XLA_PYTHON_CLIENT_MEM_FRACTION=0.92
      "XLA_FLAGS=--xla_gpu_enable_latency_hiding_scheduler=true ${XLA_FLAGS:-}")
 [[ -n "$GPUS" ]] && ENV+=("CUDA_VISIBLE_DEVICES=$GPUS")
