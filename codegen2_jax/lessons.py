@@ -11,10 +11,13 @@ same compute (steps x batch x length), in its own process, then evaluates each o
 same held-out sets:
 
     code loss / bits per byte   stdlib_code validation documents, left to right
+    code completion loss        the same documents cut in half: loss on the second half
+                                given the first as the prompt, read bidirectionally by
+                                a prefix-LM (as it trained), causally by a causal model
     code infill loss            the same documents in the file-level span-corruption
                                 format (fixed seeds), loss on the spans only
     NL loss / bits per byte     stdlib_prose validation documents, left to right
-    infill exact / pass         HumanEval single-line infilling (the first N tasks),
+    infill exact / pass         official HumanEval single-line infilling (the first N tasks),
                                 greedy, the middle cut at <eom>; exact match and tests
     HumanEval pass@1            the first N problems, greedy, Codex truncation
 
@@ -52,16 +55,22 @@ class Lesson:
   paper: str                     # the paper's finding, in our words
   metric: str                    # the metric that carries the comparison here
   expect: str                    # 'a<b', 'b<a' (lower is better) or 'b>a' (higher is better)
-  tolerance: float = 0.0         # relative: |a - b| / a within this counts as "close"
+  # (metric, tolerance): the claim also needs arm b's `metric` (a loss) to be no more than
+  # `tolerance` (relative) above arm a's; e.g. infilling gained without losing
+  # left-to-right quality.
+  guard: tuple[str, float] | None = None
 
 
+# Lessons 3 and 4: the gain counts only if left-to-right code loss stays within this of the
+# single-objective / single-domain arm's (the paper: "competitive"; ours: 2%).
+GUARD = 0.02
 _OBJ = frozenset({"codegen2_mixture.causal_prob",
                   "codegen2_mixture.other_objective"})
 LESSONS = {
     1: Lesson(1, "Prefix-LM vs causal decoder", ("lesson1_causal", "lesson1_prefix_lm"),
               ("causal decoder, causal LM", "prefix-LM"), _OBJ | {"ModelConfig.attention"},
               "Prefix-LM brought no clear gain over a causal decoder on left-to-right code "
-              "synthesis.", "code_loss", "a<b"),
+              "synthesis.", "completion_loss", "a<b"),
     2: Lesson(2, "Infill is not a free lunch", ("lesson2_causal", "lesson2_causal_psm"),
               ("causal LM", "causal LM + PSM infill 50/50"), _OBJ,
               "Training for infill cost some left-to-right quality: not a free lunch.",
@@ -71,21 +80,22 @@ LESSONS = {
               ("causal LM", "causal LM + span corruption 50/50"), _OBJ,
               "Mixing causal LM and file-level span corruption 50/50 (no task tokens) keeps "
               "left-to-right quality close to causal LM and adds infilling.",
-              "infill_loss", "b<a"),
+              "infill_loss", "b<a", guard=("code_loss", GUARD)),
     4: Lesson(4, "Code + natural language vs code only", ("lesson4_code", "lesson4_code_nl"),
               ("code only", "code + natural language"), frozenset({"MIXTURE_OR_TASK_NAME"}),
               "A model trained on a mixture of code and natural language is competitive "
               "with the single-domain model in its domain and much better in the other.",
-              "nl_loss", "b<a"),
-    5: Lesson(5, "Multi-epoch training", ("lesson5_unique", "lesson5_repeated"),
-              ("whole corpus (fewer passes)", "subset, repeated epochs"),
-              frozenset({"MIXTURE_OR_TASK_NAME"}),
-              "Training for several epochs over the same data kept improving the model "
-              "(repeated data is not wasted compute).", "code_loss", "close", 0.05),
+              "nl_loss", "b<a", guard=("code_loss", GUARD)),
+    5: Lesson(5, "Multi-epoch training", ("lesson5_one_epoch", "lesson5_repeated"),
+              ("one epoch of the subset", "the same subset, about 3 epochs"),
+              frozenset({"TRAIN_STEPS"}),
+              "Training for more epochs over the same data, at more compute, kept improving "
+              "the model (repeated data is not wasted compute).", "code_loss", "b<a"),
 }
 
 METRICS = {  # name -> (column title, format)
     "code_loss": ("code loss", "{:.3f}"), "code_bpb": ("code bits/byte", "{:.3f}"),
+    "completion_loss": ("code completion loss", "{:.3f}"),
     "nl_loss": ("NL loss", "{:.3f}"), "nl_bpb": ("NL bits/byte", "{:.3f}"),
     "infill_loss": ("code infill loss", "{:.3f}"),
     "infill_exact": ("infill exact", "{:.1%}"), "infill_pass": ("infill pass", "{:.1%}"),
@@ -140,18 +150,20 @@ def evaluate_arm(run_dir: Path, sizes: dict) -> dict:
   out = {"checkpoint_step": r.step}
   for key, task in (("code", "stdlib_code"), ("nl", "stdlib_prose")):
     p = perplexity.evaluate(r.model, r.vocab, task, "validation", sizes["eval_documents"],
-                            seq_len=seq_len, batch_size=8, infill=key == "code")
+                            seq_len=seq_len, batch_size=8, infill=key == "code",
+                            completion=key == "code")
     out[f"{key}_loss"], out[f"{key}_bpb"] = p["loss"], p["bits_per_byte"]
     if key == "code":
-      out["infill_loss"] = p["infill_loss"]
+      out["infill_loss"], out["completion_loss"] = p["infill_loss"], p["completion_loss"]
   problems = humaneval.read_problems()
   limits = sandbox.Limits(timeout_s=5.0)
   new = sizes["max_new_tokens"]
-  tasks_ = infilling.tasks(problems, "single")[:sizes["eval_infill"]]
+  single = infilling.read_tasks("single-line")
+  tasks_ = list(single.values())[:sizes["eval_infill"]]
   samples = list(infilling.generate(r.model, r.vocab, tasks_, max_new_tokens=new))
-  scored = infilling.score(samples, tasks_, problems, limits)
-  out["infill_exact"] = sum(s["exact_match"] for s in scored) / len(scored)
-  out["infill_pass"] = sum(s["passed"] for s in scored) / len(scored)
+  figures = infilling.summarize(infilling.score(samples, single, limits), single, [1])
+  out["infill_exact"] = figures["single-line"]["exact_match"]
+  out["infill_pass"] = figures["single-line"]["pass@1"]
   chosen = dict(list(problems.items())[:sizes["eval_problems"]])
   samples = list(humaneval.generate(r.model, r.vocab, chosen, max_new_tokens=2 * new))
   out["humaneval_pass@1"] = humaneval.pass_at_k(humaneval.score(samples, chosen, limits),
@@ -177,17 +189,22 @@ NOISE = 0.005
 def verdict(lesson: Lesson, a: dict, b: dict) -> str:
   """Whether arms a and b (metric dicts) agree with the paper's direction."""
   x, y = a[lesson.metric], b[lesson.metric]
-  if lesson.expect == "close":
-    ok = abs(x - y) <= lesson.tolerance * abs(x)
-    return (f"{'agrees' if ok else 'disagrees'}: {METRICS[lesson.metric][0]} "
-            f"{x:.3f} vs {y:.3f} ({'within' if ok else 'beyond'} {lesson.tolerance:.0%})")
   fmt = METRICS[lesson.metric][1]
   both = (f"{METRICS[lesson.metric][0]} {fmt.format(x)} ({lesson.labels[0]}) vs "
           f"{fmt.format(y)} ({lesson.labels[1]})")
   if abs(x - y) <= NOISE * max(abs(x), abs(y)):
     return f"inconclusive (the arms differ by less than {NOISE:.1%}): {both}"
   ok = {"a<b": x < y, "b<a": y < x, "b>a": y > x}[lesson.expect]
-  return f"{'agrees' if ok else 'disagrees'}: {both}"
+  if not ok or lesson.guard is None:
+    return f"{'agrees' if ok else 'disagrees'}: {both}"
+  name, tol = lesson.guard
+  ga, gb = a[name], b[name]
+  kept = gb <= ga * (1 + tol)
+  cost = (f"{METRICS[name][0]} {ga:.3f} vs {gb:.3f} ({(gb - ga) / ga:+.1%}; "
+          f"{'within' if kept else 'beyond'} the {tol:.0%} allowed)")
+  if kept:
+    return f"agrees: {both}; {cost}"
+  return f"disagrees: {both}, but at a cost: {cost}"
 
 
 def plot(lesson: Lesson, runs: dict[str, Path], path: Path) -> None:
@@ -213,7 +230,8 @@ def write_report(out: Path, lessons: list[Lesson], runs: dict[str, Path],
   """DIR/report.md with a table per lesson and its plot; returns the path."""
   lines = ["# CodeGen2 lessons at CPU scale", "",
            f"Run {header['date']} on {header['machine']}: `{header['command']}`", "",
-           f"Every arm: {header['compute']}; seed {header['seed']}. Held-out sets: "
+           f"Every arm: {header['compute']} (except where a lesson varies the steps); "
+           f"seed {header['seed']}. Held-out sets: "
            f"{header['eval']}.", "",
            "Arms with identical operative configs share one training run. Lower loss and "
            "bits/byte are better; higher exact match and pass rates are better. At this "
@@ -229,6 +247,10 @@ def write_report(out: Path, lessons: list[Lesson], runs: dict[str, Path],
       res = results[arm]
       vals = [METRICS[c][1].format(res[c]) for c in cols]
       lines.append(f"| {label} | {runs[arm].name} | " + " | ".join(vals) + " |")
+    steps = [results[arm].get("checkpoint_step") for arm in lesson.arms]
+    if steps[0] != steps[1]:  # lesson 5 compares compute budgets on purpose
+      lines += ["", "Steps trained: " + ", ".join(
+          f"{label} {n}" for label, n in zip(lesson.labels, steps)) + "."]
     lines += ["", f"Paper: {lesson.paper}", "",
               f"Here: {verdict(lesson, results[lesson.arms[0]], results[lesson.arms[1]])}.",
               "", f"![lesson {lesson.number} loss curves](lesson{lesson.number}.png)", ""]
@@ -309,7 +331,7 @@ def run(out: Path, only: list[int] | None, extra_files: list[str], bindings: lis
                  f"({steps * batch * seq / 1e6:.2f}M token positions)",
       "seed": gin_config.macro("SEED"),
       "eval": f"{sizes['eval_documents']} validation documents each of stdlib_code and "
-              f"stdlib_prose; the first {sizes['eval_infill']} HumanEval single-line "
+              f"stdlib_prose; the first {sizes['eval_infill']} official HumanEval single-line "
               f"infilling tasks; the first {sizes['eval_problems']} HumanEval problems",
       "timing": timing,
       "wall_seconds": time.time() - invoked,
@@ -331,6 +353,7 @@ def main(argv=None) -> int:
   argv = sys.argv[1:] if argv is None else argv
   files, bindings, rest = gin_config.split_argv(argv)
   ap = argparse.ArgumentParser(prog="python -m codegen2_jax.lessons", description=__doc__,
+                               epilog=gin_config.macros_help(),
                                formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = ap.add_subparsers(dest="command", required=True)
   p = sub.add_parser("run")

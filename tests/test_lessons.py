@@ -61,3 +61,33 @@ def test_one_lesson_smoke_run_writes_the_report(tmp_path, vocab, capsys):
   # ... and keeps the times measured when the runs were made.
   assert rerun[rerun.index("## Time"):].split("Sum over")[0] == timing.split("Sum over")[0]
   assert lessons.main(["run", f"--out={out}", "--only=9"]) == 2
+
+
+def _metrics(**kw):
+  base = {"code_loss": 4.0, "infill_loss": 6.0, "nl_loss": 6.0, "completion_loss": 4.0}
+  return {**base, **kw}
+
+
+def test_lesson3_agrees_only_if_infill_improves_and_left_to_right_loss_holds():
+  lesson = lessons.LESSONS[3]
+  causal = _metrics()
+  assert lessons.verdict(lesson, causal, _metrics(infill_loss=4.5, code_loss=4.04)
+                         ).startswith("agrees")
+  # Infill better, but left-to-right code loss 5% worse: the paper's claim is not met.
+  v = lessons.verdict(lesson, causal, _metrics(infill_loss=4.5, code_loss=4.2))
+  assert v.startswith("disagrees") and "at a cost" in v and "+5.0%" in v
+  assert lessons.verdict(lesson, causal, _metrics(infill_loss=6.5)).startswith("disagrees")
+
+
+def test_lesson4_needs_the_nl_gain_and_the_code_loss_kept():
+  lesson = lessons.LESSONS[4]
+  assert lessons.verdict(lesson, _metrics(), _metrics(nl_loss=5.0)).startswith("agrees")
+  assert lessons.verdict(lesson, _metrics(), _metrics(nl_loss=5.0, code_loss=4.5)
+                         ).startswith("disagrees")
+
+
+def test_lesson1_compares_completion_loss_and_lesson5_more_epochs():
+  assert lessons.LESSONS[1].metric == "completion_loss"
+  one, rep = (lessons.operative_bindings([lessons.arm_file(a)]) for a in lessons.LESSONS[5].arms)
+  assert one["MIXTURE_OR_TASK_NAME"] == rep["MIXTURE_OR_TASK_NAME"]
+  assert int(one["TRAIN_STEPS"]) * 2.5 < int(rep["TRAIN_STEPS"])

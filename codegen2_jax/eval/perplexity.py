@@ -13,6 +13,9 @@ once:
                    vocabularies, unlike perplexity
     infill_loss    (with infill=True) mean nats per token of the spans when the documents
                    are put in the file-level span-corruption format with fixed seeds
+    completion_loss  (with completion=True) mean nats per token of the second half of each
+                   row-sized piece given its first half as the prompt; a prefix-LM model
+                   reads the prompt bidirectionally, as it trained
 """
 
 from __future__ import annotations
@@ -64,13 +67,50 @@ def causal_rows(docs: tf.data.Dataset, vocab, seq_len: int, batch_size: int
   return rows.padded_batch(batch_size, drop_remainder=False)
 
 
+def completion_rows(docs: tf.data.Dataset, vocab, seq_len: int, batch_size: int,
+                    bidirectional_prompt: bool) -> tf.data.Dataset:
+  """Packed rows of `docs` as prompt + completion: each row-sized piece `t_0 .. t_{n-1}`
+  is cut at k = n // 2, the first k tokens are the prompt (no loss) and `t_k .. t_{n-1}
+  <|endoftext|>` carry the loss. With `bidirectional_prompt` the prompt is the
+  bidirectional prefix, exactly as `objectives.prefix_lm_example` trains a prefix-LM
+  (positions 0..k, inputs `<|endoftext|> t_0 .. t_{k-1}`); without it every position is
+  causal. Both score the same loss-bearing tokens, so a causal and a prefix-LM model are
+  compared each as it was trained.
+
+  Example, piece [7 8 9 5] (n = 4, k = 2), E = <|endoftext|>:
+
+      inputs        E 7 8 9 5
+      targets       7 8 9 5 E
+      loss_weights  0 0 1 1 1
+      prefix        1 1 1 0 0   (bidirectional_prompt; all 0 otherwise)
+  """
+  ids = V.special_ids(vocab)
+
+  def prompt_and_completion(ex):
+    tokens = tf.cast(ex["targets"], tf.int32)
+    n = tf.size(tokens)
+    k = n // 2
+    seq = tf.concat([tokens, [ids.eos]], 0)
+    idx = tf.range(n + 1)
+    prefix = tf.cast(idx <= k, tf.int32) if bidirectional_prompt else 0 * idx
+    return {"targets": seq, "loss_weights": tf.cast(idx >= k, tf.int32), "prefix": prefix,
+            "objective": objectives.PREFIX_LM * tf.ones_like(seq)}
+
+  ds = docs.map(lambda ex: {"targets": vocab.encode_tf(ex["text"]), "source": ex["text"]})
+  ds = objectives.split_documents(ds, {"targets": seq_len}, reserve=1)
+  ds = ds.map(prompt_and_completion)
+  conv = converters.CodeGenFeatureConverter(pack=True, bos_id=ids.eos)
+  rows = conv(ds, converters.task_feature_lengths(seq_len))
+  return rows.padded_batch(batch_size, drop_remainder=False)
+
+
 def infill_rows(docs: tf.data.Dataset, vocab, seq_len: int, batch_size: int, seed: int = 0
                 ) -> tf.data.Dataset:
   """Packed rows of `docs` in the file-level span-corruption (infill) format with loss
   only after <sep> (each span's sentinel, the span and <eom>): the infilling loss. The
   spans of document i depend only on (seed, i), so every model sees the same examples."""
   ids = V.special_ids(vocab)
-  reserve = objectives.span_corruption_overhead(objectives.DEFAULT_MAX_SPANS)
+  reserve = objectives.span_corruption_reserve(seq_len)
   ds = docs.map(lambda ex: {"targets": vocab.encode_tf(ex["text"]), "source": ex["text"]})
   ds = objectives.split_documents(ds, {"targets": seq_len}, reserve=reserve)
   ds = ds.enumerate().map(lambda i, ex: objectives.span_corruption_example(
@@ -99,10 +139,13 @@ def _nats_and_tokens(model, rows: tf.data.Dataset, batch_size: int) -> tuple[flo
 
 def evaluate(model, vocab, task_name: str, split: str = "validation",
              max_documents: int | None = None, seq_len: int | None = None,
-             batch_size: int = 8, infill: bool = False) -> dict:
+             batch_size: int = 8, infill: bool = False, completion: bool = False) -> dict:
   """{'loss', 'perplexity', 'bits_per_byte', 'tokens', 'bytes', 'documents'} of the model
   on the task's documents (see the module docstring); with `infill`, also 'infill_loss'
-  (mean nats per token of the spans in the infill format, see infill_rows)."""
+  (mean nats per token of the spans in the infill format, see infill_rows); with
+  `completion`, also 'completion_loss' (mean nats per token of the second half of each
+  piece given the first as a prompt, bidirectional if the model is a prefix-LM: see
+  completion_rows)."""
   seq_len = seq_len or model.cfg.max_len
   docs = documents(task_name, split, max_documents)
   n_docs = n_bytes = 0
@@ -121,4 +164,10 @@ def evaluate(model, vocab, task_name: str, split: str = "validation",
     nats, tokens = _nats_and_tokens(model, infill_rows(docs, vocab, seq_len, batch_size),
                                     batch_size)
     out.update(infill_loss=nats / max(tokens, 1.0), infill_tokens=int(tokens))
+  if completion:
+    bidirectional = model.cfg.attention == "prefix_lm"
+    nats, tokens = _nats_and_tokens(
+        model, completion_rows(docs, vocab, seq_len, batch_size, bidirectional), batch_size)
+    out.update(completion_loss=nats / max(tokens, 1.0), completion_tokens=int(tokens),
+               completion_prompt="bidirectional" if bidirectional else "causal")
   return out
