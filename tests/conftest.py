@@ -18,3 +18,65 @@ def vocab():
   v = tasks.stdlib.VOCAB
   v.ensure_trained()
   return v
+
+
+def _free_port() -> int:
+  import socket
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator():
+  """A real GCS protocol server (gcp-storage-emulator, in memory) for the session, with
+  bucket `test-bucket`; STORAGE_EMULATOR_HOST (and what codegen2_jax.storage derives from
+  it) is set in os.environ, so child processes reach it too. Yields its URL."""
+  import subprocess
+  import sys
+  import time
+  import urllib.request
+
+  port = _free_port()
+  url = f"http://127.0.0.1:{port}"
+  proc = subprocess.Popen(
+      [sys.executable, "-m", "gcp_storage_emulator", "start", "--host=127.0.0.1",
+       f"--port={port}", "--in-memory", "--default-bucket=test-bucket"],
+      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 60
+  while True:
+    try:
+      urllib.request.urlopen(f"{url}/storage/v1/b/test-bucket", timeout=2).read()
+      break
+    except OSError:
+      if proc.poll() is not None or time.time() > deadline:
+        proc.kill()
+        raise RuntimeError("gcp-storage-emulator did not start")
+      time.sleep(0.2)
+  names = ("STORAGE_EMULATOR_HOST", "TENSORSTORE_GCS_HTTP_URL",
+           "GOOGLE_AUTH_TOKEN_FOR_TESTING", "EPATH_USE_TF")
+  saved = {k: os.environ.get(k) for k in names}
+  for k in names[1:]:
+    os.environ.pop(k, None)  # derived from STORAGE_EMULATOR_HOST below, as for a user
+  os.environ["STORAGE_EMULATOR_HOST"] = url
+  from codegen2_jax import storage
+  storage.configure()
+  try:
+    yield url
+  finally:
+    proc.terminate()
+    proc.wait(timeout=10)
+    for k, v in saved.items():
+      if v is None:
+        os.environ.pop(k, None)
+      else:
+        os.environ[k] = v
+
+
+@pytest.fixture
+def gcs_dir(gcs_emulator, request):
+  """A fresh gs:// folder on the emulator for one test (gs://test-bucket/<test>-<n>)."""
+  import re
+  import uuid
+  name = re.sub(r"[^A-Za-z0-9_-]", "_", request.node.name)[:60]
+  return f"gs://test-bucket/{name}-{uuid.uuid4().hex[:8]}"
