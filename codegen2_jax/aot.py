@@ -1,7 +1,7 @@
 """Ahead-of-time compile of the real train step for a TPU slice, on any machine (a CPU one).
 
     python -m codegen2_jax.aot --gin_file=gin/runs/pretrain_16b.gin --topology=v4-512 \\
-        [--gin_file=gin/hardware/fsdp_tp.gin] [--gin.NAME=VALUE ...]
+        [--num_slices=N] [--gin_file=gin/hardware/fsdp_tp.gin] [--gin.NAME=VALUE ...]
 
 The step is built by the code that trains (`trainer.build_train_step`: model, optimizer,
 state shardings, jitted step; `partitioning`'s batch sharding and activation
@@ -22,7 +22,8 @@ a line on stderr say by how much and name the largest buffers), 2 on a usage err
 
 Topologies: Cloud TPU accelerator names v4-N and v5p-N (N TensorCores: N/2 chips, one
 megacore device per chip), v5litepod-N or v5e-N (N chips), or a libtpu topology name such
-as v4:2x2x4.
+as v4:2x2x4. `--num_slices=N` (default 1): N such slices joined over DCN (multislice);
+the run's gin must then say so too (`gin/hardware/multislice.gin`: make_mesh.dcn_data).
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ class Target:
   name: str               # as given: v4-512
   chip: Chip
   dims: tuple             # chips along each axis: (4, 8, 8)
+  slices: int = 1         # multislice: this many such slices, joined over DCN
 
   @property
   def topology_name(self) -> str:
@@ -78,10 +80,11 @@ class Target:
 
   @property
   def chips(self) -> int:
-    return int(np.prod(self.dims))
+    """Chips of all slices."""
+    return int(np.prod(self.dims)) * self.slices
 
   def devices(self) -> list:
-    """The compile-only jax devices of the slice, one per chip."""
+    """The compile-only jax devices of the slice(s), one per chip (with a slice_index)."""
     from jax.experimental import topologies
     d = self.dims
     kwargs = {"chip_config_name": "megacore" if self.chip.cores_per_chip == 2 else "default"}
@@ -92,15 +95,20 @@ class Target:
       kwargs["chips_per_host_bounds"] = (2, 4, 1) if d == (2, 4) else (
           min(d[0], 2), min(d[1], 2), 1)
       kwargs["wrap"] = (d[0] >= 16, d[1] >= 16, False)
+    if self.slices > 1:
+      kwargs["num_slices"] = self.slices
     devices = topologies.get_topology_desc(self.topology_name, "tpu", **kwargs).devices
     if len(devices) != self.chips:
-      raise ValueError(f"topology {self.topology_name} gave {len(devices)} devices, "
-                       f"expected {self.chips}")
+      raise ValueError(f"topology {self.topology_name} x {self.slices} slice(s) gave "
+                       f"{len(devices)} devices, expected {self.chips}")
     return devices
 
 
-def parse_topology(name: str) -> Target:
-  """'v4-512' | 'v5litepod-16' | 'v5e-16' | 'v5p-128' | 'v4:2x2x4' -> Target."""
+def parse_topology(name: str, num_slices: int = 1) -> Target:
+  """'v4-512' | 'v5litepod-16' | 'v5e-16' | 'v5p-128' | 'v4:2x2x4' -> Target (of
+  `num_slices` such slices)."""
+  if num_slices < 1:
+    raise ValueError(f"--num_slices must be at least 1, got {num_slices}")
   raw = re.fullmatch(r"(v4|v5p|v5|v5e|v5litepod):(\d+(?:x\d+){1,2})", name)
   if raw:
     chip = CHIPS[_ALIASES[raw.group(1)]]
@@ -108,7 +116,7 @@ def parse_topology(name: str) -> Target:
     if len(dims) != len(next(iter(chip.shapes.values())).split("x")):
       raise ValueError(f"{name}: {chip.generation} slices have "
                        f"{'3' if chip.shapes is _SHAPES_3D else '2'} dimensions")
-    return Target(name, chip, dims)
+    return Target(name, chip, dims, num_slices)
   m = re.fullmatch(r"(v4|v5p|v5e|v5litepod)-(\d+)", name)
   if not m:
     raise ValueError(f"unknown topology {name!r}: use a Cloud TPU accelerator name "
@@ -122,7 +130,7 @@ def parse_topology(name: str) -> Target:
     raise ValueError(f"{name} is no standard slice (names count TensorCores, "
                      f"{chip.cores_per_chip} per chip); known: {sizes}; or give a shape "
                      f"such as {chip.generation}:{next(iter(chip.shapes.values()))}")
-  return Target(name, chip, tuple(int(x) for x in chip.shapes[chips].split("x")))
+  return Target(name, chip, tuple(int(x) for x in chip.shapes[chips].split("x")), num_slices)
 
 
 def have_libtpu() -> bool:
@@ -225,7 +233,7 @@ def compile_train_step(target: Target, dump_dir: str | None = None) -> dict:
   import jax
   import jax.numpy as jnp
 
-  from codegen2_jax import flops, partitioning, trainer
+  from codegen2_jax import flops, gin_config, partitioning, trainer
   from codegen2_jax.data import converters
   from codegen2_jax.models import attention
   from codegen2_jax.models.codegen import ModelConfig, count_params
@@ -234,8 +242,12 @@ def compile_train_step(target: Target, dump_dir: str | None = None) -> dict:
   batch_size, seq_len = settings["batch_size"], settings["seq_len"]
   cfg = ModelConfig()
   devices = target.devices()
-  mesh = partitioning.make_mesh(devices=devices)
   rules = partitioning.logical_axis_rules()
+  try:  # a mesh or batch setting that does not fit the topology: one line, exit 2
+    mesh = partitioning.make_mesh(devices=devices)
+    trainer.check_batch_split(batch_size, mesh, rules)
+  except ValueError as e:  # gin appends "In call to configurable ..." lines: keep the first
+    raise gin_config.GinConfigError(str(e).strip().splitlines()[0]) from None
   t0 = time.time()
   model, _, state, _, step_fn = trainer.build_train_step(
       cfg, settings.get("seed", 0), settings["train_steps"], mesh, rules, abstract=True)
@@ -249,7 +261,8 @@ def compile_train_step(target: Target, dump_dir: str | None = None) -> dict:
   usable = target.chip.usable_hbm_bytes
   report = {
       "topology": target.name, "libtpu_topology": target.topology_name, "device_kind": kind,
-      "chips": len(devices), "mesh": {k: int(v) for k, v in mesh.shape.items()},
+      "chips": len(devices), "slices": target.slices,
+      "mesh": {k: int(v) for k, v in mesh.shape.items()},
       "params": n_params, "batch_size": batch_size, "seq_len": seq_len,
       "microbatches": gin.get_bindings("make_train_step").get("microbatches", 1),
       "dtype": cfg.dtype, "remat": cfg.remat,
@@ -333,7 +346,7 @@ def _gib(n) -> float | None:
 
 
 USAGE = ("usage: python -m codegen2_jax.aot --gin_file=F [--gin_file=...] --topology=v4-512 "
-         "[--gin.NAME=VALUE ...]")
+         "[--num_slices=N] [--gin.NAME=VALUE ...]")
 
 
 def main(argv=None) -> int:
@@ -352,10 +365,12 @@ def main(argv=None) -> int:
   except gin_config.GinConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  topology = None
+  topology, num_slices = None, "1"
   for a in rest:
     if a.startswith("--topology="):
       topology = a.split("=", 1)[1]
+    elif a.startswith("--num_slices="):
+      num_slices = a.split("=", 1)[1]
     else:
       print(f"unknown argument {a!r}; {USAGE}", file=sys.stderr)
       return 2
@@ -363,7 +378,9 @@ def main(argv=None) -> int:
     print(f"--gin_file and --topology are required; {USAGE}", file=sys.stderr)
     return 2
   try:
-    target = parse_topology(topology)
+    if not num_slices.isdigit():
+      raise ValueError(f"--num_slices must be a whole number, got {num_slices!r}")
+    target = parse_topology(topology, int(num_slices))
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
@@ -389,6 +406,9 @@ def main(argv=None) -> int:
       report, status = compile_train_step(target, dump_dir), 0
     except DoesNotFit as e:
       report, status = e.report, 1
+    except gin_config.GinConfigError as e:
+      print(f"error: {e}", file=sys.stderr)
+      return 2
   finally:
     shutil.rmtree(dump_dir, ignore_errors=True)
   report["gin_files"] = gin_files

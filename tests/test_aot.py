@@ -59,6 +59,14 @@ def test_traced_flops_count_every_scan_iteration():
 def test_usage_errors_exit_2():
   assert aot.main(["--gin_file=gin/runs/test_tiny.gin"]) == 2  # no --topology
   assert aot.main(["--gin_file=gin/runs/test_tiny.gin", "--topology=v9-8"]) == 2
+  for bad in ("0", "two"):
+    assert aot.main(["--gin_file=gin/runs/test_tiny.gin", "--topology=v4-8",
+                     f"--num_slices={bad}"]) == 2
+
+
+def test_num_slices_multiply_the_chips():
+  t = aot.parse_topology("v4-32", num_slices=2)
+  assert (t.dims, t.slices, t.chips) == ((2, 2, 4), 2, 32)
 
 
 @needs_libtpu
@@ -91,3 +99,23 @@ def test_a_config_far_too_large_does_not_fit_and_exits_nonzero():
   assert r["fits"] is False and r["over_by_gib"] > 10
   assert "does not fit" in err and f"{r['over_by_gib']} GiB more" in err
   assert r["largest_buffers"] and "largest buffers: " in err
+
+
+@needs_libtpu
+def test_tiny_config_compiles_for_two_v4_slices():
+  # Multislice: data parallel over the two slices (DCN), FSDP over each slice's 4 chips.
+  args = ["--gin_file=gin/runs/test_tiny.gin", "--topology=v4-8", "--num_slices=2",
+          "--gin.ModelConfig.head_dim=128", "--gin.ModelConfig.n_heads=2", "--gin.SEQ_LEN=512",
+          "--gin.BATCH_SIZE=8"]
+  # Without the multislice gin, the mesh setting does not match the devices: one line.
+  rc, out, err = run_aot(*args)
+  assert rc == 2 and err.strip().splitlines()[-1] == (
+      "error: make_mesh.dcn_data=1 must equal the number of slices: 2 here (by the devices' "
+      "slice_index)")
+  rc, out, err = run_aot(*args, "--gin_file=gin/hardware/multislice.gin")
+  assert rc == 0, err[-3000:]
+  r = json.loads(out)
+  assert (r["chips"], r["slices"], r["mesh"]) == (8, 2, {"data": 2, "fsdp": 4, "tensor": 1})
+  assert r["fits"] is True and r["attention"] == "splash"
+  # Each chip holds a quarter of the train state (FSDP over a slice), not an eighth.
+  assert 0.2 * 12 * r["params"] < r["bytes_per_chip"]["arguments"] < 0.3 * 12 * r["params"]
