@@ -3,11 +3,16 @@
     python -m codegen2_jax.data inspect --mixture=NAME [--n=K] [--json] [--split=train]
     python -m codegen2_jax.data bench --mixture=NAME [--seconds=S] [--seq_len=2048]
     python -m codegen2_jax.data prepare-vocab --mixture=NAME --vocab_size=V --out=PATH
+    python -m codegen2_jax.data cache --mixture=NAME --out=DIR [--runner=DirectRunner]
+        [--pipeline_option=--NAME=VALUE ...] [--min_shards=64]
 
 `inspect` prints each model sequence after the objective (special tokens visible), with
 its objective, the document it came from and the pass over its task (epoch). `bench` runs the whole pipeline (read,
 tokenize, objectives, pack) and prints packed tokens/s as JSON. `prepare-vocab` trains a
-SentencePiece vocabulary with our special tokens on the mixture's raw text.
+SentencePiece vocabulary with our special tokens on the mixture's raw text. `cache`
+writes every task of the mixture, tokenized, to DIR (local or gs://) with seqio's Apache
+Beam pipeline (data/cache.py); `inspect`, `bench` and training read it with
+--gin.USE_CACHED=True --gin.CACHE_DIRS="['DIR']".
 Every command takes --gin_file / --gin.NAME=VALUE (e.g. data paths, objective settings)
 and --module=M (repeatable) to import a module that registers more tasks.
 """
@@ -24,11 +29,16 @@ from codegen2_jax import gin_config
 from codegen2_jax.data.files import DataError
 
 
+# Defines USE_CACHED and CACHE_DIRS for the data tools (run files include it too).
+CACHE_GIN = "gin/data/cache.gin"
+
+
 def _setup(args, files, bindings) -> None:
   import tasks  # noqa: F401
+  from codegen2_jax.data import cache  # noqa: F401  (registers cache.reading with gin)
   for module in args.module or []:
     importlib.import_module(module)
-  gin_config.parse(files, bindings)
+  gin_config.parse([CACHE_GIN, *files], bindings)
   from codegen2_jax.data.pipeline import check_name
   check_name(args.mixture)
 
@@ -39,8 +49,10 @@ def inspect_examples(name: str, n: int, split: str = "train", seq_len: int = 204
   import numpy as np
   import seqio
 
+  from codegen2_jax.data import cache
   from codegen2_jax.data.objective_ids import OBJECTIVE_NAMES
   provider = seqio.get_mixture_or_task(name)
+  use_cached = cache.use_cached(name)
   vocab = provider.output_features["targets"].vocabulary
   # seqio mixtures drop non-output features such as `source`, so sample the tasks here by
   # the mixture's rates.
@@ -51,7 +63,8 @@ def inspect_examples(name: str, n: int, split: str = "train", seq_len: int = 204
     tasks_, rates = [provider], np.ones(1)
   from codegen2_jax.data.pipeline import numpy_iterator
   iters = [numpy_iterator(t.get_dataset({"targets": seq_len}, split=split, shuffle=True,
-                                        seed=seed, num_epochs=None)) for t in tasks_]
+                                        seed=seed, num_epochs=None, use_cached=use_cached))
+           for t in tasks_]
   rng = np.random.RandomState(seed)
   examples = (next(iters[rng.choice(len(iters), p=rates / rates.sum())]) for _ in range(n))
   out = []
@@ -113,7 +126,7 @@ def main(argv=None) -> int:
                                epilog=gin_config.macros_help(),
                                formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = ap.add_subparsers(dest="command", required=True)
-  for cmd in ("inspect", "bench", "prepare-vocab"):
+  for cmd in ("inspect", "bench", "prepare-vocab", "cache"):
     p = sub.add_parser(cmd)
     p.add_argument("--mixture", required=True, help="seqio task or mixture name")
     p.add_argument("--module", action="append", help="import this module first")
@@ -129,6 +142,15 @@ def main(argv=None) -> int:
       p.add_argument("--batch_size", type=int, default=8)
       p.add_argument("--track_epochs", default="true", choices=["true", "false"],
                      help="carry the per-token epoch/task tags, as training does")
+    elif cmd == "cache":
+      p.add_argument("--out", required=True, help="cache directory (local or gs://)")
+      p.add_argument("--runner", default="DirectRunner",
+                     help="Beam runner: DirectRunner, DataflowRunner, FlinkRunner...")
+      p.add_argument("--pipeline_option", action="append", default=[],
+                     help="a Beam pipeline option, e.g. --pipeline_option=--project=P "
+                          "(repeatable)")
+      p.add_argument("--min_shards", type=int, default=64,
+                     help="TFRecord files per task split (at least the hosts that read it)")
     else:
       p.add_argument("--vocab_size", type=int, required=True)
       p.add_argument("--out", required=True)
@@ -146,6 +168,17 @@ def main(argv=None) -> int:
           print(json.dumps(ex, ensure_ascii=False))
         else:
           print(f"--- {ex['objective']} | {ex['source']} | {ex['tokens']} tokens\n{ex['text']}")
+    elif args.command == "cache":
+      from codegen2_jax.data import cache
+      try:
+        summary = cache.write(args.mixture, args.out, args.runner, args.pipeline_option,
+                              args.module or [], args.min_shards)
+      except (OSError, ValueError) as e:  # --out not writable, bad option or setting
+        if isinstance(e, FileNotFoundError):
+          raise
+        print(f"error: {str(e).strip().splitlines()[0]}", file=sys.stderr)
+        return 2
+      print(json.dumps(summary))
     elif args.command == "bench":
       print(json.dumps(bench(args.mixture, args.seconds, args.seq_len, args.batch_size,
                              track_epochs=args.track_epochs == "true")))

@@ -1,14 +1,17 @@
 """Multi-epoch sampling with the epoch counted (the paper's lesson 5).
 
-seqio repeats a task's source (`num_epochs=None` in training) before its preprocessors,
-so every pass draws fresh objectives (new span masks, new split points). What seqio does
+seqio repeats a task's tokenized documents (`num_epochs=None` in training) before the
+preprocessors after its cache placeholder (registry.preprocessors), so every pass draws
+fresh objectives (new span masks, new split points). What seqio does
 not say is which pass a sequence came from. Here:
 
     EpochMarkedSource   wraps any seqio DataSource and appends ONE marker example after
                         the last document of this host's shard
-    count_epochs        the task's first preprocessor: a scan over the repeated stream
-                        that numbers passes 1, 2, ... (incrementing at each marker, which
-                        it then drops) and tags every example with `epoch` and `task`
+    count_epochs        the task's first preprocessor after tokenization (and after
+                        seqio's cache placeholder, so it also runs on cached data): a scan
+                        over the repeated stream that numbers passes 1, 2, ...
+                        (incrementing at each marker, which it then drops) and tags every
+                        example with `epoch` and `task`
     EpochTracker        host side: reads the per-token `epoch` / `task` features of each
                         packed batch, reports the mean epoch per task in the metrics and
                         logs when a task starts a new pass
@@ -52,15 +55,32 @@ def _zeros_like_spec(spec: tf.TensorSpec) -> tf.Tensor:
   return tf.zeros(shape, spec.dtype)
 
 
+_MARKERS = {"on": True}
+
+
+def set_markers(on: bool) -> bool:
+  """Whether EpochMarkedSource appends its pass markers in this process (default True;
+  False in seqio's cache writers). Returns the previous setting."""
+  previous, _MARKERS["on"] = _MARKERS["on"], bool(on)
+  return previous
+
+
 class EpochMarkedSource(seqio.DataSource):
   """`source`, plus one end-of-pass marker example (feature `epoch_end`) after its data.
 
   It shards by itself (by the inner source's shards when there are enough, else by
   example) so that every host's shard, not just one host, ends with a marker.
+
+  seqio's offline cache is written from this source, but without markers (data.cache
+  calls `set_markers(False)` in its writers: the writer shuffles globally, so markers would
+  land at random places); reading the cache through this class (registry.CodeGenTask) adds
+  one at the end of each host's shard. Markers in the inner stream (a cache written by
+  seqio's own script) are dropped for the same reason.
   """
 
-  def __init__(self, source: seqio.DataSource):
-    super().__init__(splits=source.splits, caching_permitted=False)
+  def __init__(self, source: seqio.DataSource, caching_permitted: bool | None = None):
+    permitted = source.caching_permitted if caching_permitted is None else caching_permitted
+    super().__init__(splits=source.splits, caching_permitted=permitted)
     self.inner = source
 
   @property
@@ -88,6 +108,10 @@ class EpochMarkedSource(seqio.DataSource):
     else:
       ds = self.inner.get_dataset(split=split, shuffle=shuffle, seed=seed)
       ds = ds.shard(shard_info.num_shards, shard_info.index)
+    if EPOCH_END in ds.element_spec:  # a cache's markers: at random places, so useless
+      ds = ds.filter(lambda ex: tf.logical_not(ex[EPOCH_END]))
+    if not _MARKERS["on"]:
+      return ds.map(lambda ex: {**ex, EPOCH_END: tf.constant(False)})
     marker = {k: _zeros_like_spec(s) for k, s in ds.element_spec.items()}
     marker[EPOCH_END] = tf.constant(True)
     ds = ds.map(lambda ex: {**ex, EPOCH_END: tf.constant(False)})

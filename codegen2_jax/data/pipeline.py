@@ -10,7 +10,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from codegen2_jax.data import converters, epochs, files
+from codegen2_jax.data import cache, converters, epochs, files
 from codegen2_jax.data import vocab as V
 
 
@@ -37,6 +37,8 @@ def host_dataset(name: str, seq_len: int, batch_size: int, split: str = "train",
   `batch_size` is GLOBAL (sequences per step over all hosts); each host reads its own
   shard (default: jax.process_index() of jax.process_count()) and yields
   batch_size / num_shards rows per step. The pipeline is deterministic for a seed.
+  With gin USE_CACHED=True it reads the tasks' tokenized documents from seqio's offline
+  cache in CACHE_DIRS (data.cache; cache.NotCachedError if a task is not there).
   """
   check_name(name)
   shard_index = jax.process_index() if shard_index is None else shard_index
@@ -49,7 +51,7 @@ def host_dataset(name: str, seq_len: int, batch_size: int, split: str = "train",
   ds = seqio.get_dataset(
       name, converters.task_feature_lengths(seq_len, track_epochs), converter,
       dataset_split=split, shuffle=shuffle,
-      num_epochs=num_epochs, seed=seed, use_cached=False,
+      num_epochs=num_epochs, seed=seed, use_cached=cache.use_cached(name),
       shard_info=seqio.ShardInfo(shard_index, num_shards) if num_shards > 1 else None)
   return ds.batch(batch_size // num_shards, drop_remainder=True).prefetch(2)
 

@@ -6,10 +6,16 @@
     registry.register_task("my_rust", files.tree_source("~/src/rust", [".rs"], "my rust"))
     seqio.MixtureRegistry.add("my_mix", [("my_rust", 0.3), ("stdlib_code", 0.7)])
 
-A task reads {'source', 'text'} examples, numbers the passes over them (data.epochs),
-tokenizes `text`, splits long documents so that
-nothing is trimmed, and applies an objective preprocessor (default: the CodeGen2 mixture of
-causal LM and file-level span corruption). All tasks share `output_features`.
+A task reads {'source', 'text'} examples, tokenizes `text`, numbers the passes over the
+documents (data.epochs), splits long documents so that nothing is trimmed, and applies an
+objective preprocessor (default: the CodeGen2 mixture of causal LM and file-level span
+corruption). All tasks share `output_features`. seqio's offline cache (data.cache) holds
+the tokenized documents: everything after tokenization (pass counting, splitting to the
+run's SEQ_LEN, the objectives and their fresh randomness every pass) runs online.
+
+Registering a name again with the same definition returns the registered task or mixture
+(a module imported twice, under two names or by gin); with a different definition it is
+a ValueError naming what differs (`fingerprint` says what "same" means).
 
 Vocabulary per task family, a gin setting (`family_vocabulary`):
 
@@ -29,12 +35,16 @@ setting each time it is used (by then gin is parsed) and delegates to that vocab
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
+import types
 
 import gin
+import numpy as np
 import seqio
+import tensorflow as tf
 
-from codegen2_jax.data import epochs, objectives, sources
+from codegen2_jax.data import epochs, files, objectives, sources
 from codegen2_jax.data import vocab as V
 
 DEFAULT_VOCAB_SIZE = 8192
@@ -158,35 +168,207 @@ def output_features(vocabulary: seqio.Vocabulary | str | None = None
   }
 
 
-def preprocessors(objective=objectives.codegen2_mixture, task: str = "") -> list:
-  """count passes -> text -> tokens -> split long documents -> objective."""
-  return [
-      functools.partial(epochs.count_epochs, task=task),
+def preprocessors(objective=objectives.codegen2_mixture, task: str = "",
+                  cache: bool = True) -> list:
+  """text -> tokens -> [seqio's cache] -> count passes -> split long documents -> objective.
+
+  Long documents are split after the cache, not before: the split depends on the run's
+  SEQ_LEN (and the span settings), and seqio refuses a preprocessor that takes
+  `sequence_length` before its CacheDatasetPlaceholder, so one cache serves every SEQ_LEN.
+  """
+  steps = [
+      # The pass markers of data.epochs ride along until count_epochs drops them.
       functools.partial(seqio.preprocessors.rekey,
-                        key_map={"targets": "text", "source": "source", "epoch": "epoch",
-                                 "task": "task"}),
-      seqio.preprocessors.tokenize,
+                        key_map={"targets": "text", "source": "source",
+                                 epochs.EPOCH_END: epochs.EPOCH_END}),
+      # No `targets_pretokenized` copy: nothing reads it, and it would double the cache.
+      functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=False),
+  ]
+  if cache:
+    steps.append(seqio.CacheDatasetPlaceholder())
+  return steps + [
+      functools.partial(epochs.count_epochs, task=task),
       objectives.split_documents,
       objective,
   ]
 
 
+class CodeGenTask(seqio.Task):
+  """A seqio Task that counts passes over its cached data too: the cache is read through
+  epochs.EpochMarkedSource, which ends each host's shard with one pass marker."""
+
+  def _get_cached_source(self, split: str, file_shuffle_buffer_size=None) -> seqio.DataSource:
+    return epochs.EpochMarkedSource(super()._get_cached_source(split, file_shuffle_buffer_size))
+
+
+# (kind, name) -> (definition, source object) of what register_task / register_mixture added.
+_DEFINITIONS: dict[tuple[str, str], tuple[dict, object]] = {}
+
+
+def _check_same(kind: str, name: str, definition: dict, source=None) -> None:
+  """Raises ValueError unless `name` was registered here with an equal definition."""
+  known = _DEFINITIONS.get((kind, name))
+  if known is None:
+    raise ValueError(f"{kind} {name!r} is already registered (not by registry.register_"
+                     f"{kind}), so it cannot be compared; use another name")
+  old, old_source = known
+  differs = [k for k in definition if definition[k] != old.get(k)
+             and not (k == "source" and source is not None and source is old_source)]
+  if differs:
+    raise ValueError(f"{kind} {name!r} is already registered with another definition "
+                     f"(its {' and '.join(differs)} differ); use another name (or remove "
+                     f"it first: seqio.{'Task' if kind == 'task' else 'Mixture'}Registry"
+                     f".remove({name!r}))")
+
+
 def register_task(name: str, source: seqio.DataSource, objective=objectives.codegen2_mixture,
                   vocabulary: seqio.Vocabulary | str | None = None) -> seqio.Task:
-  """Registers (or returns the already registered) CodeGen2 task `name` over `source`.
+  """Registers CodeGen2 task `name` over `source` and returns it.
 
   `vocabulary`: a seqio Vocabulary, or a task family ('stdlib', 'stack', 'pile') whose
   gin setting `family_vocabulary` decides it when the task is used; default 'stdlib'.
+  Registering `name` again returns the registered task when the definition is the same
+  (see `fingerprint`), and raises ValueError naming what differs otherwise.
+  The task may be cached offline (data.cache) unless `source` forbids caching.
   """
+  # files.FileSource says caching_permitted=False only because it predates the cache;
+  # nothing in its data forbids it. Other sources decide for themselves.
+  permitted = source.caching_permitted or isinstance(source, files.FileSource)
+  steps = preprocessors(objective, task=name, cache=permitted)
+  features = output_features(vocabulary)
+  definition = {"source": fingerprint(source), "preprocessors": fingerprint(steps),
+                "output features": fingerprint(features)}
   if name in seqio.TaskRegistry.names():
+    _check_same("task", name, definition, source)
     return seqio.TaskRegistry.get(name)
-  return seqio.TaskRegistry.add(name, source=epochs.EpochMarkedSource(source),
-                                preprocessors=preprocessors(objective, task=name),
-                                output_features=output_features(vocabulary))
+  task = seqio.TaskRegistry.add(
+      name, source=epochs.EpochMarkedSource(source, caching_permitted=permitted),
+      preprocessors=steps, output_features=features, task_cls=CodeGenTask)
+  _DEFINITIONS[("task", name)] = (definition, source)
+  return task
 
 
 def register_mixture(name: str, tasks_and_rates) -> seqio.Mixture:
-  """Registers (or returns) mixture `name` of [(task, rate), ...]."""
+  """Registers mixture `name` of [(task, rate), ...] (a rate: a number or a function of
+  the task) and returns it; the same name again: as register_task."""
+  tasks_and_rates = list(tasks_and_rates)
+
+  def task_name(t):
+    return t if isinstance(t, str) else t.name
+
+  definition = {"tasks and rates": tuple(
+      (task_name(t[0]), fingerprint(t[1])) if isinstance(t, (tuple, list))
+      else (task_name(t), None) for t in tasks_and_rates)}
   if name in seqio.MixtureRegistry.names():
+    _check_same("mixture", name, definition)
     return seqio.MixtureRegistry.get(name)
-  return seqio.MixtureRegistry.add(name, list(tasks_and_rates))
+  mixture = seqio.MixtureRegistry.add(name, tasks_and_rates)
+  _DEFINITIONS[("mixture", name)] = (definition, None)
+  return mixture
+
+
+# ----------------------------------------------------------------------------------------
+# What makes two registrations "the same"
+
+_PLAIN = (type(None), bool, int, float, complex, str, bytes)
+_MODULE_FUNCTIONS: dict = {}
+
+
+def fingerprint(obj, _path: tuple = ()):
+  """A comparable description of what `obj` computes, equal for objects built the same
+  way by the same code (a task module executed twice), whatever their identity.
+
+  Functions: qualified name, bytecode and constants, defaults, the values they close
+  over, and the plain values and same-module functions they read as globals (not the
+  module's name, so one file imported under two names agrees with itself).
+  functools.partial: function and arguments. Vocabularies: their kind and file or task
+  family (not their lazily loaded state). Other objects: class and attributes as they
+  are now (register_* takes them at registration, before any use). Containers: items.
+  """
+  if isinstance(obj, _PLAIN):
+    return obj
+  if id(obj) in _path:
+    return ("cycle", type(obj).__qualname__)
+  path = _path + (id(obj),)
+  fp = functools.partial(fingerprint, _path=path)
+  if len(path) > 40:
+    return ("deep", type(obj).__qualname__)
+  if isinstance(obj, (list, tuple)):
+    return (type(obj).__name__, tuple(fp(x) for x in obj))
+  if isinstance(obj, dict):
+    return ("dict", tuple((repr(k), fp(v)) for k, v in sorted(obj.items(),
+                                                               key=lambda kv: repr(kv[0]))))
+  if isinstance(obj, (set, frozenset)):
+    return ("set", tuple(sorted((fp(x) for x in obj), key=repr)))
+  if isinstance(obj, functools.partial):
+    return ("partial", fp(obj.func), fp(obj.args), fp(obj.keywords))
+  if isinstance(obj, types.FunctionType) and hasattr(obj, "__wrapped__"):
+    # A decorator's wrapper (gin.configurable, seqio.map_over_dataset...): the decorated
+    # function says what it does; the wrapper's closure holds the library's own state.
+    return ("wrapped", obj.__qualname__, fp(obj.__wrapped__))
+  if isinstance(obj, types.FunctionType) and not obj.__closure__ and obj in _MODULE_FUNCTIONS:
+    return _MODULE_FUNCTIONS[obj]
+  if isinstance(obj, types.FunctionType):
+    cells = []
+    for cell in obj.__closure__ or ():
+      try:
+        cells.append(fp(cell.cell_contents))
+      except ValueError:  # an empty cell (a name assigned later in the enclosing scope)
+        cells.append(("empty cell",))
+    out = ("function", obj.__qualname__, _code(obj.__code__), fp(obj.__defaults__),
+           fp(obj.__kwdefaults__), tuple(cells), fp(_globals_read(obj)))
+    if not obj.__closure__ and "<locals>" not in obj.__qualname__:
+      _MODULE_FUNCTIONS[obj] = out  # module functions do not change: describe them once
+    return out
+  if isinstance(obj, types.MethodType):
+    return ("method", fp(obj.__func__), fp(obj.__self__))
+  if isinstance(obj, (type, types.ModuleType, types.BuiltinFunctionType)):
+    return (type(obj).__name__, getattr(obj, "__module__", None),
+            getattr(obj, "__qualname__", obj.__name__))
+  if isinstance(obj, seqio.Vocabulary):
+    return _vocabulary_fingerprint(obj)
+  if isinstance(obj, np.ndarray):
+    return ("ndarray", str(obj.dtype), obj.shape, hashlib.sha1(obj.tobytes()).hexdigest())
+  if isinstance(obj, tf.dtypes.DType):
+    return ("dtype", obj.name)
+  if hasattr(obj, "__dict__"):
+    return ("object", type(obj).__module__, type(obj).__qualname__, fp(dict(vars(obj))))
+  return ("opaque", type(obj).__module__, type(obj).__qualname__)
+
+
+def _code(code: types.CodeType):
+  return (code.co_code, code.co_names, tuple(
+      _code(c) if isinstance(c, types.CodeType) else fingerprint(c) for c in code.co_consts))
+
+
+def _names_read(code: types.CodeType) -> set[str]:
+  names = set(code.co_names)
+  for c in code.co_consts:
+    if isinstance(c, types.CodeType):
+      names |= _names_read(c)
+  return names
+
+
+def _globals_read(fn: types.FunctionType) -> dict:
+  """The globals `fn` may read that are plain values or functions of its own module."""
+  out = {}
+  for name in sorted(_names_read(fn.__code__)):
+    value = fn.__globals__.get(name)
+    if isinstance(value, _PLAIN) or (isinstance(value, tuple)
+                                      and all(isinstance(x, _PLAIN) for x in value)):
+      out[name] = value
+    elif (isinstance(value, (types.FunctionType, functools.partial))
+          and getattr(value, "__module__", None) == fn.__module__ and value is not fn):
+      out[name] = value
+  return out
+
+
+def _vocabulary_fingerprint(v: seqio.Vocabulary):
+  if isinstance(v, FamilyVocabulary):
+    return ("FamilyVocabulary", v.family)
+  kind = (type(v).__module__, type(v).__qualname__)
+  if isinstance(v, seqio.SentencePieceVocabulary):
+    return kind + (v.sentencepiece_model_file, v.extra_ids)
+  if isinstance(v, V.HfTokenizerVocabulary):
+    return kind + (v.tokenizer_file,)
+  return kind + (fingerprint({k: x for k, x in vars(v).items() if isinstance(x, _PLAIN)}),)
