@@ -6,15 +6,13 @@ with it 50/50: the code + natural language arm of the paper's lesson 4. The fina
 (gin/runs/pretrain_*.gin) trains on `stack_code` alone, as the CodeGen2 model card says.
 """
 
-import os
-
 from codegen2_jax.data import files, registry
 from tasks.paths import data_dirs
 from tasks.stack import LANGUAGES, language_rate
 
 
 def _list_pile_files():
-  root = os.path.expanduser(data_dirs()["pile"])
+  root = data_dirs()["pile"]  # a local path (~ expanded) or a gs:// URL
   return files.directory_files(root, [f"**/*{s}" for s in files.JSONL_SUFFIXES],
                                "task pile")()
 

@@ -23,6 +23,7 @@ import os
 
 import gin
 
+from codegen2_jax import storage
 from codegen2_jax.data import files, registry
 from tasks.paths import data_dirs
 
@@ -55,16 +56,17 @@ _PATTERNS = ["**/*.parquet"]
 
 def _lister(dirname: str, task: str):
   def list_files():
-    root = os.path.join(os.path.expanduser(data_dirs()["stack"]), dirname)
+    root = storage.join(data_dirs()["stack"], dirname)  # a local path or a gs:// URL
     return files.directory_files(root, _PATTERNS, f"task {task}")()
   return list_files
 
 
 @functools.lru_cache(maxsize=None)
 def _parquet_bytes(stack_root: str) -> dict[str, int]:
-  """Bytes of parquet files per language under `stack_root` (listed once per process)."""
-  return {n: sum(os.path.getsize(p) for p in files.directory_files(
-      os.path.join(stack_root, d), _PATTERNS, f"task stack_{n}")())
+  """Bytes of parquet files per language under `stack_root` (listed once per process;
+  sizes come with the listing, one request per language on gs://)."""
+  return {n: sum(files.list_directory(storage.join(stack_root, d), _PATTERNS,
+                                      f"task stack_{n}").values())
           for n, d in LANGUAGES.items()}
 
 
@@ -91,7 +93,7 @@ def language_rates(mode: str = "bytes", weights=None) -> dict[str, float]:
     raw = {n: 1.0 for n in LANGUAGES}
   elif mode == "bytes":
     raw = {n: float(b) for n, b in
-           _parquet_bytes(os.path.expanduser(data_dirs()["stack"])).items()}
+           _parquet_bytes(os.fspath(storage.path(data_dirs()["stack"]))).items()}
   else:
     raise ValueError(f"language_rates.mode must be 'bytes' or 'equal', not {mode!r}")
   total = sum(raw.values())

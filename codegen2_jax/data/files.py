@@ -7,7 +7,11 @@ Formats (each yields examples {'source': str, 'text': str}):
                 licences (LicenseFilter); files under a directory per language
     jsonl       The Pile: one JSON object per line, {"text": ..., "meta": {...}};
                 `.jsonl`, zstandard-compressed `.jsonl.zst` or gzip `.jsonl.gz`
-    tree        any local directory of source files, filtered by extension
+    tree        any directory of source files, filtered by extension
+
+Every directory and file may be local or a gs:// URL (codegen2_jax.storage): a gs://
+folder is listed in one paged request, and files are streamed (parquet row group by row
+group, compressed streams chunk by chunk), never read whole into memory.
 
 Bad records never stop the pipeline: invalid UTF-8 is decoded with replacement (and
 counted), empty and binary documents and unparsable JSON lines are skipped (and counted);
@@ -19,7 +23,8 @@ pieces of at most that many characters, so no stage holds one huge document; pie
 every document) are split again to fit a row later (objectives.split_documents).
 
 Listing: directory trees are walked without following directory symlinks (no loops, no
-escaping the tree), and a file reached through several paths (file symlinks) is read once.
+escaping the tree), and a file reached through several paths (file symlinks) is read once
+(GCS has no symlinks).
 Splits: every file feeds `train` and `validation`; one document in `VALIDATION_EVERY`
 (chosen by a CRC of its CONTENT, so copies of a document always land in the same split)
 is held out of train and is the validation split.
@@ -36,17 +41,21 @@ import logging
 import os
 import threading
 import zlib
+from contextlib import nullcontext
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 import gin
 import seqio
 import tensorflow as tf
 
+from codegen2_jax import storage
+
 VALIDATION_EVERY = 1000
 BINARY_SNIFF_BYTES = 8192
 _READ_CHUNK = 1 << 20  # compressed bytes read at a time
+_STREAM_BLOCK = 8 << 20  # bytes per ranged GET when streaming a gs:// jsonl file
+_PARQUET_BLOCK = 1 << 20  # readahead past each read of a gs:// parquet file
 
 
 class DataError(Exception):
@@ -177,51 +186,82 @@ class LicenseFilter:
                  len(self.names()), path)
 
 
+def _documents(items: Iterable[tuple[str, bytes | str | None]], stats: ReadStats, path: str
+               ) -> Iterator[tuple[str, str]]:
+  """(name, text) for each (name, raw value) that decodes to a document (None, empty and
+  binary values counted in `stats`); logs `path`'s counts at the end."""
+  for name, value in items:
+    if value is None:
+      stats.empty += 1
+      continue
+    text = decode(value, stats)
+    if text is not None:
+      stats.documents += 1
+      yield name, text
+  stats.log(path)
+
+
+def _open_parquet(path: str):
+  # pyarrow reads a local file natively; a gs:// object through the storage layer's file
+  # object, with seeks and ranged reads (footer, then the wanted column chunks of each row
+  # group). Small blocks: pyarrow's own reads are whole column chunks, so readahead
+  # beyond them would mostly fetch the columns it skips.
+  if storage.is_remote(path):
+    return storage.open_read(path, block_size=_PARQUET_BLOCK)
+  return nullcontext(path)
+
+
 def read_parquet(path: str, column: str = "content",
                  licenses: LicenseFilter | None = None) -> Iterator[tuple[str, str]]:
   """(name, text) for each row of `column` in a parquet file (The Stack layout), only the
   rows `licenses` keeps when it is given."""
+  return _documents(_parquet_values(path, column, licenses), ReadStats(), path)
+
+
+def _parquet_values(path: str, column: str, licenses: LicenseFilter | None
+                    ) -> Iterator[tuple[str, bytes | str | None]]:
+  """(name, raw value) of the rows `licenses` keeps, a record batch at a time."""
   import pyarrow as pa
   import pyarrow.parquet as pq
-  stats = ReadStats()
   try:
-    f = pq.ParquetFile(path)
-    names = f.schema_arrow.names
-  except (OSError, pa.ArrowException) as e:
+    opened = _open_parquet(path)
+  except OSError as e:  # gone from the bucket since it was listed, say
     raise CorruptFileError(f"{path} is not a readable parquet file ({e})") from None
-  if column not in names:
-    raise DataError(f"{path} has no column {column!r} (columns: {names})")
-  wanted = [column]
-  if licenses is not None:
-    missing = [c for c in licenses.columns if c not in names]
-    if missing:
-      raise DataError(f"{path} has no licence column(s) {', '.join(missing)} (columns: "
-                      f"{names}); the licence filter of {licenses.task} needs them")
-    wanted += list(licenses.columns)
-  row = kept = dropped = 0
-  try:
-    for batch in f.iter_batches(columns=wanted, batch_size=1024):
-      values = batch.column(0).to_pylist()
-      keep = [True] * len(values)
-      if licenses is not None:
-        lists = [batch.column(i).to_pylist() for i in range(1, len(wanted))]
-        keep = [licenses.keeps(row_lists) for row_lists in zip(*lists)]
-      for value, ok in zip(values, keep):
-        row += 1
-        if not ok:
-          dropped += 1
-          continue
-        kept += 1
-        if value is None:
-          stats.empty += 1
-          continue
-        text = decode(value, stats)
-        if text is not None:
-          stats.documents += 1
-          yield f"{path}:{row - 1}", text
-  except (OSError, pa.ArrowException) as e:
-    raise CorruptFileError(f"{path} is corrupt after row {row} ({e})") from None
-  stats.log(path)
+  with opened as source:
+    try:
+      # pre_buffer (pyarrow's default) fetches the wanted columns of every row group
+      # before the first batch: the whole file in memory. Off, it reads a row group's
+      # column chunks when their batches are reached.
+      f = pq.ParquetFile(source, pre_buffer=False)
+      names = f.schema_arrow.names
+    except (OSError, pa.ArrowException) as e:
+      raise CorruptFileError(f"{path} is not a readable parquet file ({e})") from None
+    if column not in names:
+      raise DataError(f"{path} has no column {column!r} (columns: {names})")
+    wanted = [column]
+    if licenses is not None:
+      missing = [c for c in licenses.columns if c not in names]
+      if missing:
+        raise DataError(f"{path} has no licence column(s) {', '.join(missing)} (columns: "
+                        f"{names}); the licence filter of {licenses.task} needs them")
+      wanted += list(licenses.columns)
+    row = kept = dropped = 0
+    try:
+      for batch in f.iter_batches(columns=wanted, batch_size=1024):
+        values = batch.column(0).to_pylist()
+        keep = [True] * len(values)
+        if licenses is not None:
+          lists = [batch.column(i).to_pylist() for i in range(1, len(wanted))]
+          keep = [licenses.keeps(row_lists) for row_lists in zip(*lists)]
+        for value, ok in zip(values, keep):
+          row += 1
+          if not ok:
+            dropped += 1
+            continue
+          kept += 1
+          yield f"{path}:{row - 1}", value
+    except (OSError, pa.ArrowException) as e:
+      raise CorruptFileError(f"{path} is corrupt after row {row} ({e})") from None
   if licenses is not None:
     licenses.count(kept, dropped, path)
 
@@ -281,7 +321,7 @@ def read_lines(path: str) -> Iterator[bytes]:
   corrupt compressed file raises CorruptFileError naming it."""
   chunks = (_zstd_chunks if path.endswith(".zst") else
             _gzip_chunks if path.endswith(".gz") else _raw_chunks)
-  with open(path, "rb") as f:
+  with storage.open_read(path, block_size=_STREAM_BLOCK) as f:
     pending: list[bytes] = []  # the parts of an unfinished line (a long line spans chunks)
     for chunk in chunks(f, path):
       if b"\n" not in chunk:
@@ -300,6 +340,11 @@ def read_lines(path: str) -> Iterator[bytes]:
 def read_jsonl(path: str, text_key: str = "text") -> Iterator[tuple[str, str]]:
   """(name, text) for each JSON line of a .jsonl, .jsonl.zst or .jsonl.gz file (The Pile)."""
   stats = ReadStats()
+  return _documents(_jsonl_values(path, text_key, stats), stats, path)
+
+
+def _jsonl_values(path: str, text_key: str, stats: ReadStats) -> Iterator[tuple[str, str]]:
+  """(name, value of `text_key`) per JSON line; unparsable lines counted in `stats`."""
   for i, line in enumerate(read_lines(path)):
     if not line.strip():
       continue
@@ -311,17 +356,13 @@ def read_jsonl(path: str, text_key: str = "text") -> Iterator[tuple[str, str]]:
     except (ValueError, KeyError, TypeError):
       stats.bad_lines += 1
       continue
-    text = decode(value, stats)
-    if text is not None:
-      stats.documents += 1
-      yield f"{path}:{i}", text
-  stats.log(path)
+    yield f"{path}:{i}", value
 
 
 def read_file(path: str) -> Iterator[tuple[str, str]]:
   """(path, text) of one source file, if it is neither empty nor binary."""
   stats = ReadStats()
-  text = decode(Path(path).read_bytes(), stats)
+  text = decode(storage.path(path).read_bytes(), stats)
   if text is not None:
     yield path, text
   elif stats.binary or stats.empty:
@@ -390,7 +431,7 @@ class FileSource(seqio.DataSource):
   def files(self) -> list[str]:
     files, seen = [], set()
     for path in sorted(self._list_files()):
-      real = os.path.realpath(path)
+      real = path if storage.is_remote(path) else os.path.realpath(path)
       if real not in seen:
         seen.add(real)
         files.append(path)
@@ -467,24 +508,29 @@ class FileSource(seqio.DataSource):
 
 
 def walk_files(root: str | os.PathLike, patterns: Sequence[str]) -> list[str]:
-  """Files under `root` matching any of `patterns`, sorted, each real file once.
+  """Files under `root` (local or gs://) matching any of `patterns`, sorted, each real
+  file once.
 
   Patterns are globs relative to `root`: `*.py` matches at the top only, `**/*.py` at any
   depth (the top included). Directory symlinks are never followed (a loop or a link out
   of the tree cannot multiply or leak files); file symlinks are, and a file reached by
-  several paths is listed once (its first path in sorted order).
+  several paths is listed once (its first path in walk order). A gs:// folder is listed
+  in one paged request (storage.list_tree).
   """
-  top = os.fspath(root)
-  found: dict[str, str] = {}
-  for d, dirs, names in os.walk(top, followlinks=False):
-    dirs.sort()
-    for name in sorted(names):
-      path = os.path.join(d, name)
-      rel = os.path.relpath(path, top).replace(os.sep, "/")
-      if not any(_matches(rel, p) for p in patterns) or not os.path.isfile(path):
-        continue  # not wanted, or a broken link / a link to a directory
-      found.setdefault(os.path.realpath(path), path)
-  return sorted(found.values())
+  return list(walk_file_sizes(root, patterns))
+
+
+def walk_file_sizes(root: str | os.PathLike, patterns: Sequence[str]) -> dict[str, int]:
+  """walk_files with each file's size in bytes: {path: size}, sorted by path (sizes
+  come with the listing, so a gs:// folder costs no request per file)."""
+  top = os.fspath(storage.path(root))
+  remote = storage.is_remote(top)
+  found: dict[str, tuple[str, int]] = {}
+  for path, size in storage.list_tree(top).items():
+    rel = path[len(top.rstrip("/")) + 1:] if remote else os.path.relpath(path, top)
+    if any(_matches(rel, p) for p in patterns):
+      found.setdefault(path if remote else os.path.realpath(path), (path, size))
+  return dict(sorted(found.values()))
 
 
 def _matches(rel: str, pattern: str) -> bool:
@@ -493,16 +539,22 @@ def _matches(rel: str, pattern: str) -> bool:
   return rel.count("/") == pattern.count("/") and fnmatch.fnmatchcase(rel, pattern)
 
 
+def list_directory(root: str | os.PathLike, patterns: Sequence[str], what: str
+                   ) -> dict[str, int]:
+  """{path: size} of the files under `root`/pattern... (see walk_files); a missing root
+  (local or gs://) is a FileNotFoundError naming `what` and the root."""
+  r = storage.path(root)
+  found = walk_file_sizes(r, patterns)
+  if not found and not r.is_dir():  # asked only when nothing matched: one listing else
+    state = "is a file" if r.exists() else "does not exist"
+    raise FileNotFoundError(f"{what}: expected a directory at {r}, which {state}")
+  return found
+
+
 def directory_files(root: str | os.PathLike, patterns: Sequence[str], what: str
                     ) -> Callable[[], list[str]]:
-  """A lazy file lister for `root`/pattern... (see walk_files); a missing root fails
-  naming `what`."""
-  def list_files() -> list[str]:
-    r = Path(root).expanduser()
-    if not r.is_dir():
-      raise FileNotFoundError(f"{what}: expected a directory at {r}, which does not exist")
-    return walk_files(r, patterns)
-  return list_files
+  """A lazy file lister for `root`/pattern... (see list_directory)."""
+  return lambda: list(list_directory(root, patterns, what))
 
 
 def parquet_source(root: str | os.PathLike, what: str, column: str = "content",
@@ -519,7 +571,9 @@ JSONL_SUFFIXES = (".jsonl", ".jsonl.zst", ".jsonl.gz")
 def jsonl_source(root: str | os.PathLike, what: str, text_key: str = "text") -> FileSource:
   """.jsonl / .jsonl.zst / .jsonl.gz files under `root` (or one such file)."""
   if str(root).endswith(JSONL_SUFFIXES):
-    lister = lambda: [str(root)] if Path(root).is_file() else []  # noqa: E731
+    def lister():
+      f = storage.path(root)
+      return [os.fspath(f)] if f.is_file() else []
   else:
     lister = directory_files(root, [f"**/*{s}" for s in JSONL_SUFFIXES], what)
   return FileSource(lister, lambda p: read_jsonl(p, text_key),
