@@ -1,7 +1,8 @@
 """Orbax checkpoints of the train state plus the data position, and parameter restore.
 
-A step that does not restore (truncated files, a crash mid-write on a filesystem without
-atomic renames) is skipped for the one before it. Training moves it aside first, to
+Every directory may be local or gs:// (codegen2_jax.storage; Orbax writes the arrays
+through tensorstore). A step that does not restore (truncated files, a crash mid-write on
+a filesystem without atomic renames) is skipped for the one before it. Training moves it aside first, to
 `checkpoints/<step>.corrupt-<time>` (renamed, never deleted; orbax only lists all-digit
 names), so the retrained step can be saved again; read-only users (sample, eval, convert)
 skip it without touching the folder. A checkpoint of another model shape is no corruption:
@@ -17,12 +18,14 @@ import os
 import re
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import gin
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
+
+from codegen2_jax import storage
 
 
 class CheckpointError(Exception):
@@ -61,7 +64,7 @@ _PENDING: dict[int, int] = {}
 
 
 @gin.configurable
-def make_manager(directory: str | Path, max_to_keep: int = 3, async_save: bool = True
+def make_manager(directory: storage.PathLike, max_to_keep: int = 3, async_save: bool = True
                  ) -> ocp.CheckpointManager:
   """A CheckpointManager over `directory` (created), keeping the newest `max_to_keep`."""
   if _QUIET not in logging.getLogger("absl").filters:
@@ -71,7 +74,7 @@ def make_manager(directory: str | Path, max_to_keep: int = 3, async_save: bool =
     sys.unraisablehook = _ignore_closed_loop_callbacks
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
                                          enable_async_checkpointing=async_save, create=True)
-  return ocp.CheckpointManager(Path(directory).absolute(), options=options)
+  return ocp.CheckpointManager(storage.path(directory), options=options)
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, data_position: dict,
@@ -129,11 +132,35 @@ def _root_cause(e: BaseException) -> BaseException:
   return e
 
 
-def complete_steps(directory: str | Path) -> list[int]:
-  """Steps with a finished checkpoint in `directory` (orbax renames a step's folder to
-  its all-digit name only once every file is written)."""
-  d = Path(directory)
-  return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.is_dir() else []
+_COMMIT_FILE = "commit_success.txt"  # orbax's marker of a finished step on GCS
+
+
+def complete_steps(directory: storage.PathLike) -> list[int]:
+  """Steps with a finished checkpoint in `directory`. Locally orbax renames a step's
+  folder to its all-digit name only once every file is written; on GCS (no atomic
+  rename) it writes into the all-digit folder and adds commit_success.txt last."""
+  d = storage.path(directory)
+  if not d.is_dir():
+    return []
+  steps = [p for p in d.iterdir() if p.name.isdigit()]
+  if storage.is_remote(d):
+    steps = [p for p in steps if (p / _COMMIT_FILE).exists()]
+  return sorted(int(p.name) for p in steps)
+
+
+def _no_checkpoint(directory) -> FileNotFoundError:
+  """"no checkpoint in DIR", saying why when DIR is on GCS and holds step folders without
+  orbax's commit marker (for instance a local checkpoint copied there with gsutil)."""
+  d = storage.path(directory)
+  hint = ""
+  if storage.is_remote(d) and d.is_dir():
+    unmarked = sorted(p.name for p in d.iterdir()
+                      if p.name.isdigit() and not (p / _COMMIT_FILE).exists())
+    if unmarked:
+      hint = (f" (step folders {', '.join(unmarked)} lack {_COMMIT_FILE}, which orbax "
+              f"writes last on GCS; if the copy is complete, add an empty "
+              f"{_COMMIT_FILE} to each)")
+  return FileNotFoundError(f"no checkpoint in {d}{hint}")
 
 
 def _save_error(manager, step: int | None, e: BaseException) -> SaveError:
@@ -170,7 +197,7 @@ def _param_shapes(tree: Any) -> dict[str, tuple]:
   return out
 
 
-def _check_shapes(step_dir: Path, wanted: dict[str, tuple]) -> None:
+def _check_shapes(step_dir: epath.Path, wanted: dict[str, tuple]) -> None:
   """Raises ShapeMismatchError if the checkpoint's arrays differ from `wanted` (only the
   top-level items `wanted` names are compared; parameters are reported first)."""
   meta = ocp.StandardCheckpointHandler().metadata(step_dir / "state")
@@ -195,9 +222,10 @@ def _first_line(e: BaseException) -> str:
   return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
 
 
-def _set_aside(directory: Path, step: int) -> Path:
+def _set_aside(directory: epath.Path, step: int) -> epath.Path:
   """Renames a step that does not restore to `<step>.corrupt-<time>` (process 0; all
-  processes wait for it). Orbax never lists the new name, so the step can be saved again."""
+  processes wait for it). Orbax never lists the new name, so the step can be saved again.
+  On GCS the rename is a copy and a delete of every object."""
   target = directory / f"{step}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}"
   if jax.process_index() == 0:
     (directory / str(step)).rename(target)
@@ -207,7 +235,7 @@ def _set_aside(directory: Path, step: int) -> Path:
   return target
 
 
-def _restore_first_good(directory: Path, steps: list[int], wanted: dict[str, tuple],
+def _restore_first_good(directory: epath.Path, steps: list[int], wanted: dict[str, tuple],
                         explicit: bool, set_aside: bool, load):
   """Tries `load(step)` newest first; see restore() for what happens to a bad step."""
   for i, s in enumerate(steps):
@@ -235,7 +263,7 @@ def _restore_first_good(directory: Path, steps: list[int], wanted: dict[str, tup
   raise FileNotFoundError(f"no checkpoint in {directory} restores (tried {steps})")
 
 
-def _readable(directory: Path, step: int) -> bool:
+def _readable(directory: epath.Path, step: int) -> bool:
   try:
     ocp.StandardCheckpointHandler().metadata(directory / str(step) / "state")
     return True
@@ -254,9 +282,9 @@ def restore(manager: ocp.CheckpointManager, target: Any, step: int | None = None
   FileNotFoundError when none restores.
   """
   steps = [step] if step is not None else sorted(manager.all_steps(), reverse=True)
-  directory = Path(manager.directory)
+  directory = storage.path(manager.directory)
   if not steps:
-    raise FileNotFoundError(f"no checkpoint in {directory}")
+    raise _no_checkpoint(directory)
   abstract = _abstract(target)
 
   def load(s):
@@ -272,30 +300,31 @@ def restore(manager: ocp.CheckpointManager, target: Any, step: int | None = None
   return s, out["state"], out["data"]
 
 
-def check_compatible(directory: str | Path, params: Any) -> None:
+def check_compatible(directory: storage.PathLike, params: Any) -> None:
   """Raises ShapeMismatchError if the newest readable checkpoint in `directory` holds
   parameters of other shapes than `params` (arrays, ShapeDtypeStructs or nnx.State).
   Reads metadata only: a cheap check before building and compiling a model."""
   wanted = _param_shapes({"params": params})
+  directory = storage.path(directory)
   for s in reversed(complete_steps(directory)):
-    if _readable(Path(directory), s):
-      _check_shapes(Path(directory) / str(s), wanted)
+    if _readable(directory, s):
+      _check_shapes(directory / str(s), wanted)
       return
 
 
-def restore_params(checkpoint_dir: str | Path, abstract_params: Any, step: int | None = None):
+def restore_params(checkpoint_dir: storage.PathLike, abstract_params: Any, step: int | None = None):
   """Restores only the parameters of a train-state checkpoint (no optimizer state).
 
   abstract_params: pytree of ShapeDtypeStructs (with the shardings wanted here).
   step None: the latest that restores; a step that does not is skipped (left in place)
   with one line on stderr. Returns (step, params).
   """
-  directory = Path(checkpoint_dir).absolute()
+  directory = storage.path(checkpoint_dir)
   manager = ocp.CheckpointManager(directory)
   try:
     steps = [step] if step is not None else sorted(manager.all_steps(), reverse=True)
     if not steps:
-      raise FileNotFoundError(f"no checkpoint in {checkpoint_dir}")
+      raise _no_checkpoint(checkpoint_dir)
     abstract = {"params": _abstract(abstract_params)}
 
     def load(s):

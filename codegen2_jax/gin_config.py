@@ -11,7 +11,9 @@ unknown configurable or parameter fails before any work, naming the binding.
 from __future__ import annotations
 
 import difflib
+import importlib
 import os
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -104,8 +106,13 @@ def _suggest(name: str) -> str:
   return f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
 
 
-def parse(gin_files: Sequence[str], bindings: Sequence[str]) -> None:
-  """Parses the files, then checks and applies the overrides (see module docstring)."""
+def parse(gin_files: Sequence[str], bindings: Sequence[str],
+          texts: dict[str, str] | None = None, skip_unknown: bool = False) -> None:
+  """Parses the files, then the gin `texts` ({name for errors: gin text}, e.g. a run's
+  config.gin read from gs://), then checks and applies the overrides (see module
+  docstring). skip_unknown: bindings of configurables that are not registered are ignored
+  in `texts` (see drop_missing_imports).
+  """
   with gin.unlock_config():
     gin.clear_config()
   # Includes are written from the repository root ('gin/models/small.gin'); try it first
@@ -115,8 +122,13 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str]) -> None:
   files = [resolve_gin_file(f) for f in gin_files]
   try:
     gin.parse_config_files_and_bindings(files, None, finalize_config=False)
-  except (ValueError, KeyError, IOError) as e:
+  except (ValueError, KeyError, IOError, ImportError) as e:
     raise GinConfigError(f"error in gin files {files}: {e}") from e
+  for name, text in (texts or {}).items():
+    try:
+      gin.parse_config(text, skip_unknown=skip_unknown)
+    except (ValueError, KeyError, IOError, ImportError) as e:
+      raise GinConfigError(f"error in {name}: {e}") from e
   macros = _defined_macros()
   for binding in bindings:
     name = binding.split("=", 1)[0].strip()
@@ -137,3 +149,55 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str]) -> None:
 def macro(name: str):
   """Value of a macro defined by the parsed gin files."""
   return gin.query_parameter(f"{name}/macro.value")
+
+
+# `import a.b`, `import a.b as c` and `from a.b import c` lines of a gin file.
+_IMPORT_LINE = re.compile(
+    r"^[ \t]*(?:import[ \t]+([\w.]+)|from[ \t]+([\w.]+)[ \t]+import[ \t]+(\w+))[^\n]*$",
+    re.MULTILINE)
+
+
+def _import(module: str, name: str | None = None) -> None:
+  """Imports `module` (`from module import name`: the submodule, else the attribute)."""
+  if name is None:
+    importlib.import_module(module)
+    return
+  try:
+    importlib.import_module(f"{module}.{name}")
+  except ModuleNotFoundError as e:
+    if e.name != f"{module}.{name}":  # a submodule that exists but fails to import
+      raise
+    if not hasattr(importlib.import_module(module), name):
+      raise ImportError(f"cannot import name {name!r} from {module!r}") from None
+
+
+def drop_missing_imports(text: str) -> tuple[str, list[tuple[str, str]]]:
+  """`text` (gin) without its import lines whose module does not import in this
+  interpreter, and [(module, why)] for each one dropped.
+
+  A run's config.gin names the modules that registered its tasks (`import my_tasks`);
+  restoring the model elsewhere needs none of them. Parse the result with
+  skip_unknown=True so the bindings of the configurables they would register are
+  skipped too.
+
+  For example, where my_tasks is not installed:
+
+      import my_tasks             ->  # import my_tasks  (not importable here)
+      import tasks                ->  import tasks
+      my_tasks.Filter.min_len = 5 ->  my_tasks.Filter.min_len = 5  (skipped when parsed)
+  """
+  dropped = []
+
+  def check(m: re.Match) -> str:
+    module, name = (m.group(1), None) if m.group(1) else (m.group(2), m.group(3))
+    if module == "__gin__":  # gin's own feature flags (dynamic_registration)
+      return m.group(0)
+    try:
+      _import(module, name)
+      return m.group(0)
+    except Exception as e:  # noqa: BLE001  (a user's module may fail in any way)
+      what = f"{module}.{name}" if name else module
+      dropped.append((what, f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"))
+      return f"# {m.group(0).strip()}  (not importable here)"
+
+  return _IMPORT_LINE.sub(check, text), dropped

@@ -1,18 +1,24 @@
 """Restore a trained model for inference: parameters only, onto this process's devices.
 
 Used by `sample` and `eval`. A checkpoint directory is a run's model_dir (or its
-checkpoints/ folder); the model shape comes from the run's `config.gin` unless gin files
-are given. The vocabulary is the run's own copy (model_dir/vocab/, see data.vocab), or for
-runs older than that, the one of the run's MIXTURE_OR_TASK_NAME.
+checkpoints/ folder), local or gs://; the model shape comes from the run's `config.gin`
+unless gin files are given. The vocabulary is the run's own copy (model_dir/vocab/, see
+data.vocab), or for runs older than that, the one of the run's MIXTURE_OR_TASK_NAME.
+
+Restoring needs only the model_dir: where config.gin imports a module that is not
+importable here (the user's task module, `import my_tasks`), the import and the bindings
+of what it would register are skipped, with one warning line naming the module.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
+import sys
 from typing import Any, Sequence
 
-from codegen2_jax import gin_config
+from etils import epath
+
+from codegen2_jax import gin_config, storage
 
 
 class RestoreError(Exception):
@@ -24,38 +30,45 @@ class Restored:
   model: Any          # CodeGen (nnx.Module) with the checkpoint's parameters
   vocab: Any          # the run's seqio vocabulary (None if the config names no task)
   step: int
-  run_dir: Path
+  run_dir: epath.Path
 
 
-def run_dirs(path: str | Path) -> tuple[Path, Path]:
+def run_dirs(path: storage.PathLike) -> tuple[epath.Path, epath.Path]:
   """(checkpoints dir, run dir) for a model_dir or its checkpoints/ subfolder."""
-  p = Path(path).absolute()
+  p = storage.path(path)
   if (p / "checkpoints").is_dir():
     return p / "checkpoints", p
   return p, p.parent
 
 
-def parse_run_config(checkpoint_dir: str | Path, gin_files: Sequence[str] = (),
-                     bindings: Sequence[str] = ()) -> tuple[Path, Path]:
-  """Parses the run's gin config (or `gin_files`) plus `bindings`; returns run_dirs."""
+def parse_run_config(checkpoint_dir: storage.PathLike, gin_files: Sequence[str] = (),
+                     bindings: Sequence[str] = ()) -> tuple[epath.Path, epath.Path]:
+  """Parses the run's config.gin (or `gin_files`) plus `bindings`; returns run_dirs."""
   ckpt_dir, run_dir = run_dirs(checkpoint_dir)
   if not ckpt_dir.is_dir():
     raise RestoreError(f"no checkpoint directory at {ckpt_dir}")
-  files = list(gin_files)
-  if not files:
-    if not (run_dir / "config.gin").is_file():
-      raise RestoreError(f"{run_dir / 'config.gin'} not found; pass --gin_file for the model")
-    files = [str(run_dir / "config.gin")]
   import tasks  # noqa: F401  (the run's task names its vocabulary)
   from codegen2_jax import trainer  # noqa: F401  (config.gin binds trainer settings)
+  texts, dropped = {}, []
+  if not gin_files:
+    config = run_dir / "config.gin"
+    if not config.is_file():
+      raise RestoreError(f"{config} not found; pass --gin_file for the model")
+    text, dropped = gin_config.drop_missing_imports(config.read_text())
+    texts[str(config)] = text
+    for module, why in dropped:
+      print(f"warning: {config} imports {module}, which does not import here ({why}); "
+            "restoring without it (the model and vocabulary come from the run)",
+            file=sys.stderr, flush=True)
   try:
-    gin_config.parse(files, list(bindings))
+    gin_config.parse(list(gin_files), list(bindings), texts=texts,
+                     skip_unknown=bool(dropped))
   except gin_config.GinConfigError as e:
     raise RestoreError(str(e)) from e
   return ckpt_dir, run_dir
 
 
-def load(checkpoint_dir: str | Path, gin_files: Sequence[str] = (),
+def load(checkpoint_dir: storage.PathLike, gin_files: Sequence[str] = (),
          bindings: Sequence[str] = (), step: int | None = None) -> Restored:
   """The model (and vocabulary) of a run's checkpoint `step` (default: latest)."""
   ckpt_dir, run_dir = parse_run_config(checkpoint_dir, gin_files, bindings)
@@ -73,7 +86,7 @@ def load(checkpoint_dir: str | Path, gin_files: Sequence[str] = (),
     raise RestoreError(str(e)) from e
   from codegen2_jax.data import vocab as V
   try:
-    vocab = V.load_from_run(run_dir)
+    vocab = V.load_from_run(str(run_dir))
   except V.RunVocabularyError as e:
     raise RestoreError(str(e)) from e
   if vocab is None:  # a run from before runs carried their vocabulary

@@ -8,20 +8,19 @@ cleanly on SIGTERM) -> final checkpoint -> restore it and show a completion and 
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import sys
 import time
-from pathlib import Path
 
 import gin
 import jax
 import numpy as np
 import optax
+from etils import epath
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from codegen2_jax import checkpoints, decoding, flops, metrics, optim, partitioning
+from codegen2_jax import checkpoints, decoding, flops, metrics, optim, partitioning, storage
 from codegen2_jax import train_step as ts
 from codegen2_jax.data import epochs, pipeline
 from codegen2_jax.data import vocab as V
@@ -120,19 +119,13 @@ def check_batch_split(batch_size: int, mesh, rules) -> None:
         f"(mesh axes {', '.join(axes)} of {dict(mesh.shape)}); use a multiple of {devices}")
 
 
-def prepare_model_dir(model_dir: str) -> Path:
-  """Creates model_dir and checks that it is a writable directory (SettingsError if not)."""
-  path = Path(model_dir).absolute()
-  if path.exists() and not path.is_dir():
-    raise SettingsError(f"model_dir {path} is a file, not a directory")
+def prepare_model_dir(model_dir: str) -> epath.Path:
+  """Creates model_dir (local or gs://) and checks that it is a writable directory
+  (SettingsError naming it if not: a file, read-only, a missing bucket, no credentials)."""
   try:
-    path.mkdir(parents=True, exist_ok=True)
-    probe = path / f".write_test.{os.getpid()}"
-    probe.write_bytes(b"")
-    probe.unlink()
+    return storage.check_writable_dir(model_dir, "model_dir")
   except OSError as e:
-    raise SettingsError(f"model_dir {path} is not writable: {e.strerror or e}") from e
-  return path
+    raise SettingsError(str(e)) from e
 
 
 class _Preemption:
@@ -162,7 +155,8 @@ def show_samples(model_dir: str, cfg: ModelConfig, vocab, prompt: str, infill_pr
   """Restores the last checkpoint's parameters and prints a completion and an infill."""
   abstract = nnx.eval_shape(lambda: CodeGen(cfg, nnx.Rngs(0)))
   graphdef, abstract_params = nnx.split(abstract, nnx.Param)
-  step, params = checkpoints.restore_params(Path(model_dir) / "checkpoints", abstract_params)
+  step, params = checkpoints.restore_params(storage.join(model_dir, "checkpoints"),
+                                            abstract_params)
   model = nnx.merge(graphdef, params)
   completion = decoding.complete(model, vocab, prompt, max_new_tokens)
   middle = decoding.infill(model, vocab, infill_prefix, infill_suffix, max_new_tokens)
@@ -212,11 +206,14 @@ def train(model_dir: str, *, mixture_or_task_name: str = gin.REQUIRED,
           seed: int = 0, sample_prompt: str = "def fibonacci(n):\n",
           infill_prefix: str = "def add(a, b):\n    ", infill_suffix: str = "\n",
           sample_tokens: int = 48, show_samples_at_end: bool = True, eval_every: int = 0,
-          eval_batches: int = 8, eval_split: str = "validation") -> dict:
+          eval_batches: int = 8, eval_split: str = "validation",
+          init_from: str | None = None) -> dict:
   """Trains for `train_steps` steps (resuming from the latest checkpoint in model_dir).
 
   Every `eval_every` steps (0: never) and at the end, the loss and perplexity on the first
   `eval_batches` batches of `eval_split` are logged as eval/* metrics.
+  init_from: a run's model_dir or a converted checkpoint (local or gs://) whose parameters
+  a run without checkpoints of its own starts from (fresh optimizer, step 0; init_from.py).
   Returns a summary dict: first and last logged loss, steps run, and the samples.
   """
   import tasks  # noqa: F401  (registers the stock tasks and mixtures)
@@ -240,10 +237,13 @@ def train(model_dir: str, *, mixture_or_task_name: str = gin.REQUIRED,
   vocab = seqio.get_mixture_or_task(mixture_or_task_name).output_features["targets"].vocabulary
   V.record_in_run(vocab, model_dir, write=primary)
   cfg = ModelConfig()
-  V.check_model_rows(vocab.vocab_size, cfg.vocab_size)  # too few rows: error; many more: warning
+  try:  # too few rows: an error; many more: a warning
+    V.check_model_rows(vocab.vocab_size, cfg.vocab_size)
+  except ValueError as e:
+    raise SettingsError(str(e)) from e
 
   # A model_dir holding a run of another model shape stops here (metadata only).
-  checkpoints.check_compatible(Path(model_dir) / "checkpoints", nnx.state(
+  checkpoints.check_compatible(storage.join(model_dir, "checkpoints"), nnx.state(
       nnx.eval_shape(lambda: CodeGen(cfg, nnx.Rngs(seed))), nnx.Param))
 
   # Model and optimizer on the mesh, sharded by the logical axis rules.
@@ -252,7 +252,7 @@ def train(model_dir: str, *, mixture_or_task_name: str = gin.REQUIRED,
   logging.info("model: %.2fM parameters, mesh %s", count_params(model) / 1e6, dict(mesh.shape))
 
   # Resume from the latest checkpoint, with the data position saved beside it.
-  manager = checkpoints.make_manager(Path(model_dir) / "checkpoints")
+  manager = checkpoints.make_manager(storage.join(model_dir, "checkpoints"))
   data_position = {"batches": 0}
   if manager.latest_step() is not None:
     try:  # a step that does not restore is moved aside, so its retrained step saves
@@ -260,6 +260,12 @@ def train(model_dir: str, *, mixture_or_task_name: str = gin.REQUIRED,
     except FileNotFoundError as e:  # every step was damaged (and is now set aside)
       logging.warning("%s; starting from step 0", e)
   start = int(state["step"])
+  if start == 0 and init_from:  # a run's own checkpoints win: DIR only starts a new run
+    from codegen2_jax import init_from as init_from_lib
+    try:
+      state = init_from_lib.init_params(state, init_from, vocab=vocab)
+    except init_from_lib.InitFromError as e:
+      raise SettingsError(str(e)) from e
 
   ds = pipeline.host_dataset(mixture_or_task_name, seq_len, batch_size, seed=seed)
   if jax.process_count() > 1:
@@ -294,7 +300,7 @@ def train(model_dir: str, *, mixture_or_task_name: str = gin.REQUIRED,
       step += 1
       data_position["batches"] += 1
       if step == start + 1 and primary:
-        (Path(model_dir) / "config.gin").write_text(gin.operative_config_str())
+        storage.path(model_dir).joinpath("config.gin").write_text(gin.operative_config_str())
       if step % log_every == 0 or step == train_steps or step == start + 1:
         # Log the mean over the window since the last line (T5X style), not one noisy step.
         fetched = jax.device_get(window)
@@ -336,8 +342,9 @@ def train(model_dir: str, *, mixture_or_task_name: str = gin.REQUIRED,
   if preempt.requested:
     print(f"preempted: saved step {step} to {manager.directory}; rerun to resume",
           flush=True)
-  if primary and not (Path(model_dir) / "config.gin").exists():
-    (Path(model_dir) / "config.gin").write_text(gin.config_str())
+  config_gin = storage.path(model_dir) / "config.gin"
+  if primary and not config_gin.exists():
+    config_gin.write_text(gin.config_str())
   summary = {"first_loss": first_loss, "last_loss": last_loss, "steps": step - start,
              "final_step": step, "preempted": preempt.requested}
   if show_samples_at_end and not preempt.requested and primary:

@@ -7,6 +7,11 @@ import tempfile
 os.environ.setdefault("CODEGEN2_JAX_CACHE", tempfile.mkdtemp(prefix="cg2_test_cache_"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One persistent XLA compilation cache for the session and its subprocesses: most tests
+# compile the same tiny train step again in a fresh process (measured: a tiny CLI run
+# spends about a fifth less CPU time with the cache warm).
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="cg2_test_xla_"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import pytest  # noqa: E402
 
@@ -29,7 +34,8 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="session")
 def gcs_emulator():
-  """A real GCS protocol server (gcp-storage-emulator, in memory) for the session, with
+  """A real GCS protocol server (gcp-storage-emulator, in memory, with GCS's generation
+  preconditions: tests/gcs_emulator.py) for the session, with
   bucket `test-bucket`; STORAGE_EMULATOR_HOST (and what codegen2_jax.storage derives from
   it) is set in os.environ, so child processes reach it too. Yields its URL."""
   import subprocess
@@ -40,7 +46,8 @@ def gcs_emulator():
   port = _free_port()
   url = f"http://127.0.0.1:{port}"
   proc = subprocess.Popen(
-      [sys.executable, "-m", "gcp_storage_emulator", "start", "--host=127.0.0.1",
+      [sys.executable, os.path.join(os.path.dirname(__file__), "gcs_emulator.py"), "start",
+       "--host=127.0.0.1",
        f"--port={port}", "--in-memory", "--default-bucket=test-bucket"],
       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   deadline = time.time() + 60
