@@ -20,7 +20,9 @@ as the run vocabulary `O/vocab/` (tokenizer.json, copied or built from vocab.jso
 merges.txt + added_tokens.json; prompts without a leading <|endoftext|>, as the model
 cards prompt). orbax-to-hf writes `config.json`, `model.safetensors` and, for a run with a
 Hugging Face tokenizer, tokenizer.json + tokenizer_config.json + special_tokens_map.json.
-Neither needs torch, except to read a `pytorch_model.bin`.
+Neither needs torch, except to read a `pytorch_model.bin`. Every directory may be a gs://
+URL (read and written through codegen2_jax.storage; weights pass through a local temporary
+file, as safetensors and torch read and write local files only).
 """
 
 from __future__ import annotations
@@ -28,12 +30,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import re
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
+from etils import epath
 
+from codegen2_jax import storage
 from codegen2_jax.models.codegen import ModelConfig
 
 
@@ -70,11 +76,27 @@ def fuse_qkv(q: np.ndarray, k: np.ndarray, v: np.ndarray, mp_num: int) -> np.nda
 # Configs
 
 
+def _text(path: epath.Path, errors: str = "strict") -> str:
+  """A file's text, decoded as UTF-8 (local or gs://)."""
+  return path.read_bytes().decode("utf-8", errors=errors)
+
+
+def _local(path: epath.Path, scratch: str | os.PathLike) -> str:
+  """A local file path with `path`'s bytes: itself, or a copy in `scratch` for a URL
+  (libraries that read files by name, safetensors, torch and tokenizers, read local files
+  only)."""
+  if not storage.is_remote(path):
+    return os.fspath(path)
+  local = Path(scratch) / f"{len(os.listdir(scratch))}_{path.name}"
+  path.copy(local)
+  return str(local)
+
+
 def read_hf_config(path: str | Path) -> dict:
   """A Hugging Face config.json as a dict; malformed JSON is a ConversionError naming it."""
-  path = Path(path)
+  path = storage.path(path)
   try:
-    hf = json.loads(path.read_text(encoding="utf-8"))
+    hf = json.loads(_text(path))
   except UnicodeDecodeError as e:
     raise ConversionError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from e
   except json.JSONDecodeError as e:
@@ -173,11 +195,11 @@ class MpNum:
   source: str
 
 
-def modeling_file(hf_dir: str | Path, hf: dict) -> Path | None:
+def modeling_file(hf_dir: str | Path, hf: dict) -> epath.Path | None:
   """The checkpoint's own modeling code: the module config.json's auto_map names for
   AutoModelForCausalLM (e.g. 'modeling_codegen.CodeGenForCausalLM'), else
   modeling_codegen.py; None when the directory has neither."""
-  hf_dir = Path(hf_dir)
+  hf_dir = storage.path(hf_dir)
   names = []
   auto_map = hf.get("auto_map")
   if isinstance(auto_map, dict) and isinstance(auto_map.get("AutoModelForCausalLM"), str):
@@ -190,7 +212,7 @@ def modeling_file(hf_dir: str | Path, hf: dict) -> Path | None:
 def mp_num_from_code(path: str | Path) -> tuple[int, int] | None:
   """(mp_num, line number) assigned in a modeling file, or None if it assigns no literal.
   Two different literal values are a ConversionError naming both lines."""
-  text = Path(path).read_text(encoding="utf-8", errors="replace")
+  text = _text(storage.path(path), errors="replace")
   found = [(int(m.group(1)), text.count("\n", 0, m.start()) + 1)
            for m in _MP_NUM_LINE.finditer(text)]
   if len({v for v, _ in found}) > 1:
@@ -236,7 +258,7 @@ def decide_mp_num(hf_dir: str | Path, hf: dict, cfg: ModelConfig,
                               f"n_layer {cfg.n_layers})")
   why = (f"{code} assigns no literal mp_num" if code else "it has no modeling_codegen.py")
   raise ConversionError(
-      f"cannot tell how {Path(hf_dir) / 'config.json'}'s fused qkv is sharded ({why}, and "
+      f"cannot tell how {storage.path(hf_dir) / 'config.json'}'s fused qkv is sharded ({why}, and "
       f"n_embd {cfg.d_model} / n_layer {cfg.n_layers} is no released CodeGen shape): pass "
       "--mp_num=4 (transformers' CodeGenForCausalLM, CodeGen 1, CodeGen2-7B/16B) or "
       "--mp_num=8 (CodeGen2-1B/3.7B)")
@@ -246,20 +268,22 @@ def decide_mp_num(hf_dir: str | Path, hf: dict, cfg: ModelConfig,
 # Weights
 
 
-def _read_hf_weights(hf_dir: Path) -> dict[str, np.ndarray]:
-  st = sorted(hf_dir.glob("*.safetensors"))
+def _read_hf_weights(hf_dir: epath.Path) -> dict[str, np.ndarray]:
+  st = sorted(hf_dir.glob("*.safetensors"), key=str)
   if st:
     from safetensors.numpy import load_file
     out = {}
     for f in st:
-      out.update(load_file(str(f)))
+      with tempfile.TemporaryDirectory() as scratch:  # one shard on local disk at a time
+        out.update(load_file(_local(f, scratch)))
     return out
-  bins = sorted(hf_dir.glob("pytorch_model*.bin"))
+  bins = sorted(hf_dir.glob("pytorch_model*.bin"), key=str)
   if bins:
     import torch  # only for the legacy pickle format
     out = {}
     for f in bins:
-      sd = torch.load(str(f), map_location="cpu", weights_only=True)
+      with tempfile.TemporaryDirectory() as scratch:
+        sd = torch.load(_local(f, scratch), map_location="cpu", weights_only=True)
       out.update({k: v.float().numpy() for k, v in sd.items()})
     return out
   raise ConversionError(f"{hf_dir} holds no *.safetensors or pytorch_model*.bin weights")
@@ -344,9 +368,9 @@ def params_to_hf(params: dict, cfg: ModelConfig, mp_num: int = 4) -> dict[str, n
 EOS = "<|endoftext|>"
 
 
-def _json_file(path: Path) -> dict:
+def _json_file(path: epath.Path) -> dict:
   try:
-    data = json.loads(path.read_text(encoding="utf-8"))
+    data = json.loads(_text(path))
   except (UnicodeDecodeError, json.JSONDecodeError) as e:
     raise ConversionError(f"{path} is not valid JSON ({e})") from e
   if not isinstance(data, dict):
@@ -364,9 +388,11 @@ def byte_level_bpe(hf_dir: str | Path):
   optional added_tokens.json, special_tokens_map.json, tokenizer_config.json), encoding as
   transformers' GPT2TokenizerFast built from the same files does."""
   from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
-  hf_dir = Path(hf_dir)
+  hf_dir = storage.path(hf_dir)
   try:
-    bpe = models.BPE.from_file(str(hf_dir / "vocab.json"), str(hf_dir / "merges.txt"))
+    with tempfile.TemporaryDirectory() as scratch:
+      bpe = models.BPE.from_file(_local(hf_dir / "vocab.json", scratch),
+                                 _local(hf_dir / "merges.txt", scratch))
   except Exception as e:  # tokenizers raises plain Exceptions for unreadable files
     raise ConversionError(f"{hf_dir}/vocab.json + merges.txt are not a BPE vocabulary "
                           f"({str(e).splitlines()[0]})") from e
@@ -421,24 +447,24 @@ def byte_level_bpe(hf_dir: str | Path):
 
 
 def hf_tokenizer_file(hf_dir: str | Path, cfg: ModelConfig, scratch: str | Path
-                      ) -> tuple[Path, str] | None:
+                      ) -> tuple[epath.Path, str] | None:
   """(tokenizer.json path, where it came from) for a Hugging Face directory: its own
   tokenizer.json, else one built from vocab.json + merges.txt into `scratch`; None when it
   has neither. A tokenizer with more ids than the model's embedding is refused."""
   from tokenizers import Tokenizer
-  hf_dir = Path(hf_dir)
+  hf_dir = storage.path(hf_dir)
   path = hf_dir / "tokenizer.json"
   if path.is_file():
     try:
-      tok = Tokenizer.from_file(str(path))
+      tok = Tokenizer.from_str(_text(path))
     except Exception as e:  # tokenizers raises plain Exceptions for malformed files
       raise ConversionError(f"{path} is not a tokenizers file "
                             f"({str(e).splitlines()[0]})") from e
     source = f"copied from {path}"
   elif (hf_dir / "vocab.json").is_file() and (hf_dir / "merges.txt").is_file():
     tok = byte_level_bpe(hf_dir)
-    path = Path(scratch) / "tokenizer.json"
-    tok.save(str(path))
+    path = storage.path(scratch) / "tokenizer.json"
+    tok.save(os.fspath(path))
     parts = [p for p in ("vocab.json", "merges.txt", "added_tokens.json")
              if (hf_dir / p).is_file()]
     source = f"built from {hf_dir}/{{{','.join(parts)}}}"
@@ -468,10 +494,10 @@ def write_hf_tokenizer(vocabulary, out_dir: str | Path, max_len: int
             f"SentencePiece model ({path}), not a Hugging Face tokenizer; config.json names "
             f"its {EOS} id {vocabulary.eos_id}")
   from tokenizers import Tokenizer
-  out_dir = Path(out_dir)
-  import tensorflow as tf  # the run's copy may live on gs://
-  tf.io.gfile.copy(path, str(out_dir / "tokenizer.json"), overwrite=True)
-  eos_id = Tokenizer.from_file(str(out_dir / "tokenizer.json")).token_to_id(EOS)
+  out_dir = storage.path(out_dir)
+  data = storage.path(path).read_bytes()  # the run's copy, local or gs://
+  (out_dir / "tokenizer.json").write_bytes(data)
+  eos_id = Tokenizer.from_str(data.decode("utf-8")).token_to_id(EOS)
   special = {} if eos_id is None else {"bos_token": EOS, "eos_token": EOS}
   config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": max_len,
             "clean_up_tokenization_spaces": False, **special}
@@ -506,8 +532,6 @@ def hf_to_orbax(hf_dir: str | Path, out_dir: str | Path, mp_num: int | None = No
                 ) -> Converted:
   """Converts a Hugging Face CodeGen directory into `out_dir` (see module docstring).
   `mp_num` None: decided from the checkpoint (decide_mp_num)."""
-  import tempfile
-
   import jax
   from flax import nnx
 
@@ -515,7 +539,7 @@ def hf_to_orbax(hf_dir: str | Path, out_dir: str | Path, mp_num: int | None = No
   from codegen2_jax.data import vocab as V
   from codegen2_jax.models.codegen import CodeGen
 
-  hf_dir, out_dir = Path(hf_dir), Path(out_dir)
+  hf_dir, out_dir = storage.path(hf_dir), storage.path(out_dir)
   config_path = hf_dir / "config.json"
   if not config_path.is_file():
     raise ConversionError(f"{hf_dir} has no config.json: not a Hugging Face model directory")
@@ -528,10 +552,10 @@ def hf_to_orbax(hf_dir: str | Path, out_dir: str | Path, mp_num: int | None = No
     pure = params_from_hf(_read_hf_weights(hf_dir), cfg, mp.value)
     abstract = nnx.state(nnx.eval_shape(lambda: CodeGen(cfg, nnx.Rngs(0))), nnx.Param)
     nnx.replace_by_pure_dict(abstract, jax.tree.map(jax.numpy.asarray, pure))
-    out_dir.mkdir(parents=True, exist_ok=True)
+    storage.check_writable_dir(out_dir, "--out_dir")
     manager = checkpoints.make_manager(out_dir / "checkpoints", async_save=False)
     checkpoints.save(manager, 0, {"step": np.zeros((), np.int32), "params": abstract},
-                     {"batches": 0, "converted_from": str(hf_dir.absolute()),
+                     {"batches": 0, "converted_from": os.fspath(hf_dir),
                       "mp_num": mp.value})
     manager.wait_until_finished()
     manager.close()
@@ -561,10 +585,15 @@ def orbax_to_hf(checkpoint_dir: str | Path, out_dir: str | Path, mp_num: int = 4
     raise ConversionError(f"mp_num {mp_num} does not divide the model width {cfg.d_model}")
   config_to_hf(cfg)  # refuses shapes Hugging Face cannot express before writing anything
   tensors = params_to_hf(nnx.state(r.model, nnx.Param).to_pure_dict(), cfg, mp_num)
-  out_dir = Path(out_dir)
-  out_dir.mkdir(parents=True, exist_ok=True)
+  out_dir = storage.check_writable_dir(out_dir, "--out_dir")
   eos_id, tokenizer_note = write_hf_tokenizer(r.vocab, out_dir, cfg.max_len)
-  save_file(tensors, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+  if storage.is_remote(out_dir):  # safetensors writes local files only
+    with tempfile.TemporaryDirectory() as scratch:
+      save_file(tensors, os.path.join(scratch, "model.safetensors"), metadata={"format": "pt"})
+      storage.path(os.path.join(scratch, "model.safetensors")).copy(
+          out_dir / "model.safetensors", overwrite=True)
+  else:
+    save_file(tensors, os.fspath(out_dir / "model.safetensors"), metadata={"format": "pt"})
   (out_dir / "config.json").write_text(json.dumps(config_to_hf(cfg, eos_id), indent=2) + "\n")
   return cfg, tokenizer_note
 
@@ -602,7 +631,7 @@ def main(argv=None) -> int:
       cfg, note = orbax_to_hf(args.checkpoint_dir, args.out_dir, args.mp_num, args.gin_file)
       print(note, file=sys.stderr)
       extra = {"mp_num": args.mp_num, "tokenizer": note}
-  except (ConversionError, FileNotFoundError) as e:
+  except (ConversionError, OSError) as e:  # OSError: a missing or unwritable folder
     print(f"error: {e}", file=sys.stderr)
     return 2
   print(json.dumps({"out_dir": str(args.out_dir), "d_model": cfg.d_model,

