@@ -78,6 +78,11 @@ def test_corrupt_checkpoint_is_set_aside_retrained_and_skipped_by_readers(
   assert re.search(r"checkpoints/6 does not restore \(.*\); trying step 4", err), err
   assert (d / "checkpoints" / "6").is_dir()
   assert restore.load(d).step == 4
+  from codegen2_jax.eval import __main__ as eval_cli
+  assert eval_cli.main(["perplexity", f"--checkpoint_dir={d}", "--task=stdlib_code",
+                        "--max_documents=2", "--batch_size=1"]) == 0
+  out, err = capsys.readouterr()
+  assert json.loads(out)["checkpoint_step"] == 4 and "checkpoints/6 does not restore" in err
   # An explicit step that does not restore is an error, not a fallback.
   with pytest.raises(restore.RestoreError, match="checkpoints/6 does not restore"):
     restore.load(d, step=6)
@@ -238,3 +243,31 @@ def test_help_prints_usage_and_the_main_macros(module, capsys, monkeypatch):
   out = capsys.readouterr().out
   assert "python -m codegen2_jax." + module.split(".")[0] in out
   assert "TRAIN_STEPS" in out and "BATCH_SIZE" in out and "--gin." in out
+
+
+def test_eval_perplexity_on_data_missing_a_column_exits_in_one_line(run4, tmp_path):
+  # `eval perplexity` reads through pipeline.numpy_iterator, so a source error ends the
+  # process with its one line (reading with as_numpy_iterator could hang it at exit).
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+  root = tmp_path / "stack"
+  (root / "python").mkdir(parents=True)
+  for i in range(3):
+    pq.write_table(pa.table({"text": [f"def f{j}(): pass\n" for j in range(50)]}),
+                   root / "python" / f"d{i}.parquet")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", CODEGEN2_STACK_DIR=str(root))
+  p = subprocess.run([sys.executable, "-m", "codegen2_jax.eval", "perplexity",
+                      f"--checkpoint_dir={run4}", "--task=stack_python"], cwd=REPO, env=env,
+                     capture_output=True, text=True, timeout=300)
+  want = f"error: {root / 'python' / 'd0.parquet'} has no column 'content' (columns: ['text'])"
+  assert p.returncode == 1 and p.stderr.strip().splitlines()[-1] == want, p.stderr[-2000:]
+  assert "Traceback" not in p.stderr and not p.stdout, p.stderr[-2000:]
+
+
+def test_a_vocabulary_larger_than_the_model_is_one_line(tmp_path, capsys):
+  # stack_python tokenizes with CodeGen2's 51,200 ids; the tiny model has 8,192 rows.
+  assert train.main([*TINY, f"--model_dir={tmp_path / 'run'}",
+                     "--gin.MIXTURE_OR_TASK_NAME='stack_python'"]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0] == ("error: the vocabulary has 51200 pieces but ModelConfig.vocab_size is "
+                     "8192; set ModelConfig.vocab_size >= 51200"), err

@@ -29,7 +29,7 @@ import seqio
 import tensorflow as tf
 
 from codegen2_jax import train_step as ts
-from codegen2_jax.data import converters, objectives
+from codegen2_jax.data import converters, objectives, pipeline
 from codegen2_jax.data import vocab as V
 
 
@@ -127,7 +127,7 @@ def _nats_and_tokens(model, rows: tf.data.Dataset, batch_size: int) -> tuple[flo
   graphdef, params = nnx.split(model, nnx.Param)
   sums_fn = jax.jit(functools.partial(ts.batch_sums, graphdef=graphdef))
   nats = tokens = 0.0
-  for batch in rows.as_numpy_iterator():
+  for batch in pipeline.numpy_iterator(rows):
     rows_here = batch["targets"].shape[0]
     if rows_here < batch_size:  # keep one compiled shape: pad with empty rows (no loss)
       batch = {k: np.pad(v, ((0, batch_size - rows_here), (0, 0))) for k, v in batch.items()}
@@ -149,7 +149,7 @@ def evaluate(model, vocab, task_name: str, split: str = "validation",
   seq_len = seq_len or model.cfg.max_len
   docs = documents(task_name, split, max_documents)
   n_docs = n_bytes = 0
-  for ex in docs.as_numpy_iterator():
+  for ex in pipeline.numpy_iterator(docs):
     n_docs += 1
     n_bytes += len(ex["text"])
   if not n_docs:
