@@ -83,6 +83,11 @@ def test_corrupt_checkpoint_is_set_aside_retrained_and_skipped_by_readers(
                         "--max_documents=2", "--batch_size=1"]) == 0
   out, err = capsys.readouterr()
   assert json.loads(out)["checkpoint_step"] == 4 and "checkpoints/6 does not restore" in err
+  from codegen2_jax import convert
+  assert convert.main(["orbax-to-hf", f"--checkpoint_dir={d}",
+                       f"--out_dir={tmp_path / 'hf'}"]) == 0
+  assert "checkpoints/6 does not restore" in capsys.readouterr().err
+  assert (tmp_path / "hf" / "model.safetensors").is_file()
   # An explicit step that does not restore is an error, not a fallback.
   with pytest.raises(restore.RestoreError, match="checkpoints/6 does not restore"):
     restore.load(d, step=6)
