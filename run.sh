@@ -45,7 +45,7 @@ case "$cmd" in
       --model_dir="$dir"
     ;;
   test)
-    exec "$VENV/bin/python" -m pytest -q "$@" tests
+    exec "$VENV/bin/python" -m pytest -q --durations=25 "$@" tests
     ;;
   *)
     echo "usage: ./run.sh demo [MODEL_DIR] | ./run.sh test [pytest args]" >&2
