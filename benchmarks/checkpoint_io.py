@@ -17,13 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -32,28 +30,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def start_emulator() -> tuple[subprocess.Popen, str]:
-  """gcp-storage-emulator (with GCS's generation preconditions, tests/gcs_emulator.py) in
-  memory on a free port with bucket `bench`; sets
-  STORAGE_EMULATOR_HOST (before codegen2_jax is imported, which reads it)."""
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-  url = f"http://127.0.0.1:{port}"
-  proc = subprocess.Popen(
-      [sys.executable, str(Path(__file__).resolve().parent.parent / "tests" / "gcs_emulator.py"),
-       "start", "--host=127.0.0.1",
-       f"--port={port}", "--in-memory", "--default-bucket=bench"],
-      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  deadline = time.time() + 60
-  while True:
-    try:
-      urllib.request.urlopen(f"{url}/storage/v1/b/bench", timeout=2).read()
-      break
-    except OSError:
-      if proc.poll() is not None or time.time() > deadline:
-        proc.kill()
-        raise RuntimeError("gcp-storage-emulator did not start")
-      time.sleep(0.2)
+  """tests/gcs_emulator.py (gcp-storage-emulator with GCS's generation preconditions) with
+  bucket `bench`; sets STORAGE_EMULATOR_HOST (before codegen2_jax is imported, which
+  reads it)."""
+  sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+  import gcs_emulator
+  proc, url = gcs_emulator.start("bench")
   os.environ["STORAGE_EMULATOR_HOST"] = url
   return proc, url
 

@@ -25,41 +25,15 @@ def vocab():
   return v
 
 
-def _free_port() -> int:
-  import socket
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def gcs_emulator():
   """A real GCS protocol server (gcp-storage-emulator, in memory, with GCS's generation
   preconditions: tests/gcs_emulator.py) for the session, with
   bucket `test-bucket`; STORAGE_EMULATOR_HOST (and what codegen2_jax.storage derives from
   it) is set in os.environ, so child processes reach it too. Yields its URL."""
-  import subprocess
-  import sys
-  import time
-  import urllib.request
+  import gcs_emulator as server  # tests/gcs_emulator.py
 
-  port = _free_port()
-  url = f"http://127.0.0.1:{port}"
-  proc = subprocess.Popen(
-      [sys.executable, os.path.join(os.path.dirname(__file__), "gcs_emulator.py"), "start",
-       "--host=127.0.0.1",
-       f"--port={port}", "--in-memory", "--default-bucket=test-bucket"],
-      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  deadline = time.time() + 60
-  while True:
-    try:
-      urllib.request.urlopen(f"{url}/storage/v1/b/test-bucket", timeout=2).read()
-      break
-    except OSError:
-      if proc.poll() is not None or time.time() > deadline:
-        proc.kill()
-        raise RuntimeError("gcp-storage-emulator did not start")
-      time.sleep(0.2)
+  proc, url = server.start("test-bucket")
   names = ("STORAGE_EMULATOR_HOST", "TENSORSTORE_GCS_HTTP_URL",
            "GOOGLE_AUTH_TOKEN_FOR_TESTING", "EPATH_USE_TF")
   saved = {k: os.environ.get(k) for k in names}
