@@ -36,6 +36,7 @@ CACHE_GIN = "gin/data/cache.gin"
 def _setup(args, files, bindings) -> None:
   import tasks  # noqa: F401
   from codegen2_jax.data import cache  # noqa: F401  (registers cache.reading with gin)
+  from codegen2_jax.data import packing  # noqa: F401  (packing.pack_dataset.window)
   for module in args.module or []:
     importlib.import_module(module)
   gin_config.parse([CACHE_GIN, *files], bindings)

@@ -31,6 +31,7 @@ from typing import Mapping
 import seqio
 import tensorflow as tf
 
+from codegen2_jax.data import packing
 from codegen2_jax.data import vocab as V
 
 _TOKEN_FEATURES = ("targets", "loss_weights", "prefix", "objective")
@@ -38,7 +39,8 @@ _EPOCH_FEATURES = ("epoch", "task")
 
 
 class CodeGenFeatureConverter(seqio.FeatureConverter):
-  """Packs (or pads) CodeGen2 objective examples into decoder-only model rows."""
+  """Packs (data.packing: best-fit decreasing over a window of examples) or pads CodeGen2
+  objective examples into decoder-only model rows."""
 
   TASK_FEATURES = {k: seqio.FeatureConverter.FeatureSpec(dtype=tf.int32)
                    for k in _TOKEN_FEATURES}
@@ -60,40 +62,35 @@ class CodeGenFeatureConverter(seqio.FeatureConverter):
       self.MODEL_FEATURES = {**self.MODEL_FEATURES, **{k: spec for k in _EPOCH_FEATURES}}
 
   def _convert_example(self, features: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-    seg = features.get("targets_segment_ids")
-    if seg is None:  # unpacked: one segment per row, padding is 0 (real tokens are >= 1)
-      seg = tf.cast(features["targets"] != 0, tf.int32)
-      positions = tf.range(tf.size(seg), dtype=tf.int32) * seg
-    else:
-      positions = features["targets_positions"]
+    seg = features["segment_ids"]
     real = tf.cast(seg > 0, tf.int32)
-    # Undo the +1 of _convert_features; padding stays 0.
-    value = {k: (features[k] - 1) * real for k in self.TASK_FEATURES}
-    inputs = seqio.utils.make_autoregressive_inputs(value["targets"], sequence_id=seg,
+    inputs = seqio.utils.make_autoregressive_inputs(features["targets"], sequence_id=seg,
                                                     bos_id=self.bos_id)
     out = {
         "inputs": inputs * real,
-        "targets": value["targets"],
-        "loss_weights": value["loss_weights"],
-        "prefix": value["prefix"],
-        "objective": value["objective"],
+        "targets": features["targets"],
+        "loss_weights": features["loss_weights"],
+        "prefix": features["prefix"],
+        "objective": features["objective"],
         "segment_ids": seg,
-        "positions": positions,
+        "positions": features["positions"],
     }
     if self.track_epochs:
-      out.update({k: value[k] for k in _EPOCH_FEATURES})
+      out.update({k: features[k] for k in _EPOCH_FEATURES})
     return out
 
   def _convert_features(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]
                         ) -> tf.data.Dataset:
-    # seqio's packer takes each feature's length to be its count of NON-ZERO values (0 is
-    # its padding), so a feature with zeros inside an example (loss weights 0 0 1 1,
-    # prefix 1 1 0 0, a token id 0) would be cut short and every later example in the row
-    # shifted against its targets. Every feature is packed as value + 1 instead.
-    keys = tuple(self.TASK_FEATURES)
-    ds = ds.map(lambda ex: {k: (v + 1 if k in keys else v) for k, v in ex.items()},
-                num_parallel_calls=tf.data.AUTOTUNE)
-    ds = self._pack_or_pad(ds, task_feature_lengths)
+    # data.packing takes each example's length from the example itself, so zeros inside a
+    # feature (loss weights 0 0 1 1, prefix 1 1 0 0, a token id 0) stay aligned. (seqio's
+    # packer counts a feature's NON-ZERO values as its length, which cut such features
+    # short and shifted later examples against their targets: it needed every feature
+    # packed as value + 1.)
+    keys, seq_len = tuple(self.TASK_FEATURES), task_feature_lengths["targets"]
+    if self.pack:
+      ds = packing.pack_dataset(ds, keys, seq_len)
+    else:
+      ds = packing.pad_dataset(ds, keys, seq_len)
     return ds.map(self._convert_example, num_parallel_calls=tf.data.AUTOTUNE)
 
   def get_model_feature_lengths(self, task_feature_lengths: Mapping[str, int]
