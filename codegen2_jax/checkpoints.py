@@ -1,5 +1,10 @@
 """Orbax checkpoints of the train state plus the data position, and parameter restore.
 
+A step holds three items: `state` (the train state), `data` (JSON: the data position in
+batches) and `data_state` (each process's tf.data iterator state, the file
+`process_<i>-of-<n>/` of DataStateHandler), so a resume continues the data without
+replaying it (trainer.py; a step without `data_state` resumes by replay).
+
 Every directory may be local or gs:// (codegen2_jax.storage; Orbax writes the arrays
 through tensorstore). A step that does not restore (truncated files, a crash mid-write on
 a filesystem without atomic renames) is skipped for the one before it. Training moves it aside first, to
@@ -11,12 +16,15 @@ it stops the restore with a ShapeMismatchError naming a parameter and both shape
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import logging
 import os
 import re
+import shutil
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -77,23 +85,103 @@ def make_manager(directory: storage.PathLike, max_to_keep: int = 3, async_save: 
   return ocp.CheckpointManager(storage.path(directory), options=options)
 
 
-def save(manager: ocp.CheckpointManager, step: int, state: Any, data_position: dict,
-         force: bool = False) -> bool:
-  """Saves `state` (a pytree) and the JSON `data_position` at `step`; async if enabled.
+DATA_STATE = "data_state"  # the item holding each process's data iterator state
 
-  Raises SaveError (one line: the cause and the last complete step) when this save, or
-  the previous async one, fails.
+
+def _process_name(index: int | None = None, count: int | None = None) -> str:
+  index = jax.process_index() if index is None else index
+  count = jax.process_count() if count is None else count
+  return f"process_{index}-of-{count}"
+
+
+class DataStateHandler(ocp.CheckpointHandler):
+  """Orbax handler of the `data_state` item: on EVERY process, copies that process's
+  data iterator state (files written beforehand into a local directory) into
+  `<item>/process_<i>-of-<n>/`, and back on restore (T5X's DatasetCheckpointHandler
+  pattern). tf.train.Checkpoint writes through TensorFlow's filesystem, which cannot
+  reach every gs:// endpoint (the emulator, say); the copies go through
+  codegen2_jax.storage, so model_dir may be local or gs://."""
+
+  def save(self, directory: epath.Path, args: "DataStateSave") -> None:
+    target = storage.path(directory) / _process_name()
+    target.mkdir(parents=True, exist_ok=True)
+    try:
+      for name in sorted(os.listdir(args.local_dir)):
+        (target / name).write_bytes(open(os.path.join(args.local_dir, name), "rb").read())
+    finally:
+      shutil.rmtree(args.local_dir, ignore_errors=True)
+
+  def restore(self, directory: epath.Path, args: "DataStateRestore") -> str:
+    source = storage.path(directory) / _process_name()
+    os.makedirs(args.local_dir, exist_ok=True)
+    for f in source.iterdir():
+      with open(os.path.join(args.local_dir, f.name), "wb") as out:
+        out.write(f.read_bytes())
+    return args.local_dir
+
+
+@ocp.args.register_with_handler(DataStateHandler, for_save=True)
+@dataclasses.dataclass
+class DataStateSave(ocp.args.CheckpointArgs):
+  """A local directory holding this process's iterator state (moved into the step)."""
+  local_dir: str
+
+
+@ocp.args.register_with_handler(DataStateHandler, for_restore=True)
+@dataclasses.dataclass
+class DataStateRestore(ocp.args.CheckpointArgs):
+  """The local directory to copy this process's iterator state into."""
+  local_dir: str
+
+
+def save(manager: ocp.CheckpointManager, step: int, state: Any, data_position: dict,
+         force: bool = False, data_iterator=None) -> bool:
+  """Saves `state` (a pytree), the JSON `data_position` and, given `data_iterator` (a
+  pipeline.HostBatches), this process's data state at `step`; async if enabled.
+
+  The data state is captured here, before this returns (an async save cannot let the
+  loop's next batches in). Raises SaveError (one line: the cause and the last complete
+  step) when this save, or the previous async one, fails.
   """
   # Orbax serializes the JSON item in its background commit, after save() returns; the
   # caller keeps advancing its position dict, so hand orbax a snapshot of this step's.
   snapshot = json.loads(json.dumps(data_position))
+  items = {"state": ocp.args.StandardSave(state), "data": ocp.args.JsonSave(snapshot)}
+  local = None
+  if data_iterator is not None and (force or manager.should_save(step)):
+    local = tempfile.mkdtemp(prefix="data_state_")
+    try:
+      data_iterator.save_state(local)
+    except Exception as e:  # noqa: BLE001
+      shutil.rmtree(local, ignore_errors=True)
+      raise SaveError(f"saving the data state of step {step} failed: {_first_line(e)}") from e
+    items[DATA_STATE] = DataStateSave(local)
   try:
-    saved = manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(snapshot)), force=force)
+    saved = manager.save(step, args=ocp.args.Composite(**items), force=force)
   except Exception as e:  # noqa: BLE001  (orbax wraps the cause in several layers)
+    if local is not None:
+      shutil.rmtree(local, ignore_errors=True)
     raise _save_error(manager, None, e) from e  # this step's or the previous async one's
+  if local is not None and not saved:  # the handler, which removes it, did not run
+    shutil.rmtree(local, ignore_errors=True)
   _PENDING[id(manager)] = step
   return saved
+
+
+def restore_data_state(directory: storage.PathLike, step: int, local_dir: str
+                       ) -> str | None:
+  """Copies this process's data state of `step` into `local_dir`. Returns None when
+  done, else why it cannot be used (no data state in the step, or one written by
+  another number of processes), for the replay warning."""
+  item = storage.path(directory) / str(step) / DATA_STATE
+  if not item.is_dir():
+    return f"step {step} has no data state (it was written before data states were saved)"
+  if not (item / _process_name()).is_dir():
+    saved = sorted(p.name for p in item.iterdir() if p.name.startswith("process_"))
+    return (f"step {step}'s data state was written by another number of processes "
+            f"({', '.join(saved) or 'none'}; this run is {_process_name()})")
+  DataStateHandler().restore(item, DataStateRestore(local_dir))
+  return None
 
 
 def finish(manager: ocp.CheckpointManager) -> None:

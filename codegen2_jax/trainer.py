@@ -8,8 +8,11 @@ cleanly on SIGTERM) -> final checkpoint -> restore it and show a completion and 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 
 import gin
@@ -199,6 +202,40 @@ def make_evaluator(graphdef, name: str, seq_len: int, batch_size: int, seed: int
   return evaluate
 
 
+def _process_label() -> str:
+  return f"process {jax.process_index()}: " if jax.process_count() > 1 else ""
+
+
+def resume_data(ds, checkpoint_dir, step: int | None, position: int,
+                tracker: epochs.EpochTracker | None = None) -> pipeline.HostBatches:
+  """This process's batches of `ds` from data position `position` (batches) of
+  checkpoint `step`: restored from the step's saved iterator state, or, when the step
+  has none for this process count, replayed (with one warning line saying why)."""
+  if step is None or not position:
+    return pipeline.HostBatches(ds, tracker)
+  local = tempfile.mkdtemp(prefix="data_state_")
+  try:
+    start = time.perf_counter()
+    why = checkpoints.restore_data_state(checkpoint_dir, step, local)
+    if why is None:
+      data = pipeline.HostBatches(ds, tracker)
+      try:
+        data.restore_state(local)
+      except Exception as e:  # noqa: BLE001  (tf raises several kinds for a bad state)
+        why = f"step {step}'s data state does not restore ({type(e).__name__})"
+      else:
+        size = sum(os.path.getsize(os.path.join(local, f)) for f in os.listdir(local))
+        print(f"{_process_label()}data: resumed at batch {position} from the saved state "
+              f"({size} bytes, {time.perf_counter() - start:.2f} s; nothing replayed)",
+              flush=True)
+        return data
+  finally:
+    shutil.rmtree(local, ignore_errors=True)
+  logging.warning("%sdata: %s; replaying %d batches to resume (they are read again)",
+                  _process_label(), why, position)
+  return pipeline.HostBatches(ds.skip(position), tracker)
+
+
 @gin.configurable(denylist=["model_dir"])
 def train(model_dir: str, *, mixture_or_task_name: str = gin.REQUIRED,
           train_steps: int = gin.REQUIRED, batch_size: int = gin.REQUIRED,
@@ -254,9 +291,10 @@ def train(model_dir: str, *, mixture_or_task_name: str = gin.REQUIRED,
   # Resume from the latest checkpoint, with the data position saved beside it.
   manager = checkpoints.make_manager(storage.join(model_dir, "checkpoints"))
   data_position = {"batches": 0}
+  restored = None
   if manager.latest_step() is not None:
     try:  # a step that does not restore is moved aside, so its retrained step saves
-      _, state, data_position = checkpoints.restore(manager, state)
+      restored, state, data_position = checkpoints.restore(manager, state)
     except FileNotFoundError as e:  # every step was damaged (and is now set aside)
       logging.warning("%s; starting from step 0", e)
   start = int(state["step"])
@@ -274,7 +312,7 @@ def train(model_dir: str, *, mixture_or_task_name: str = gin.REQUIRED,
           flush=True)
   # Which pass over each task the batches come from (multi-epoch runs), in the metrics.
   epoch_tracker = epochs.EpochTracker()
-  data = pipeline.batches(ds, skip=data_position["batches"], tracker=epoch_tracker)
+  data = resume_data(ds, manager.directory, restored, data_position["batches"], epoch_tracker)
   batch_sharding = partitioning.batch_sharding(mesh, rules)
 
   writer = metrics.MetricsWriter(model_dir, train_steps, is_primary=primary, start_step=start)
@@ -285,6 +323,7 @@ def train(model_dir: str, *, mixture_or_task_name: str = gin.REQUIRED,
   preempt = _Preemption()
   clock = metrics.Throughput()
   first_loss = last_loss = None
+  state_size_shown = False
   window = []
   step = start
   print(f"training {mixture_or_task_name}: steps {start}..{train_steps}, batch {batch_size} "
@@ -326,14 +365,19 @@ def train(model_dir: str, *, mixture_or_task_name: str = gin.REQUIRED,
         first_loss = float(m["loss"]) if first_loss is None else first_loss
         last_loss = float(m["loss"])
       if preempt.requested:  # save before anything else: the grace period is short
-        checkpoints.save(manager, step, state, data_position, force=True)
+        checkpoints.save(manager, step, state, data_position, force=True, data_iterator=data)
         break
       if evaluate and (step % eval_every == 0 or step == train_steps):
         t_eval = time.perf_counter()
         writer.write_eval(step, evaluate(state["params"]))
         clock.exclude(time.perf_counter() - t_eval)  # not in the window's tokens/s
       if step % checkpoint_every == 0 or step == train_steps or preempt.requested:
-        checkpoints.save(manager, step, state, data_position, force=preempt.requested)
+        checkpoints.save(manager, step, state, data_position, force=preempt.requested,
+                         data_iterator=data)
+        if data.state_bytes is not None and not state_size_shown:
+          state_size_shown = True
+          print(f"{_process_label()}data state: {data.state_bytes} bytes per checkpoint",
+                flush=True)
       if preempt.requested:  # it came during the evaluation: saved just above
         break
   checkpoints.finish(manager)  # SaveError: one line with the cause and the last good step

@@ -112,6 +112,8 @@ def test_exact_resume_after_sigkill(tmp_path, vocab):
   code, out = run_cli(d, "--gin.TRAIN_STEPS=8", "--gin.CHECKPOINT_EVERY=4")
   assert code == 0, out
   assert "steps 4..8" in out
+  # The data continues from the iterator state saved with step 4: no batch is replayed.
+  assert "data: resumed at batch 4 from the saved state" in out and "replaying" not in out
   # A clean console: no TensorFlow CUDA probing on this GPU-less machine, no AutoGraph.
   assert "cuInit" not in out and "cuda drivers" not in out and "AutoGraph" not in out, out
   want, got = losses(ref), losses(d)
@@ -133,21 +135,66 @@ def test_async_save_keeps_the_data_position_of_its_step(tmp_path):
   assert restored == {"batches": 4}
 
 
+PRESETS = ("dp", "fsdp", "fsdp_tp")
+MESH_RUN = ["--gin.BATCH_SIZE=8", "--gin.TRAIN_STEPS=3"]
+
+
 @pytest.fixture(scope="module")
 def one_device_losses(tmp_path_factory, vocab):
   d = tmp_path_factory.mktemp("one")
-  code, out = run_cli(d, "--gin.BATCH_SIZE=8", "--gin.TRAIN_STEPS=3")
+  code, out = run_cli(d, *MESH_RUN)
   assert code == 0, out
   return losses(d)
 
 
-@pytest.mark.parametrize("preset", ["dp", "fsdp", "fsdp_tp"])
-def test_mesh_presets_on_8_devices_match_one_device(tmp_path, preset, one_device_losses):
-  d = tmp_path / preset
-  code, out = run_cli(d, f"--gin_file=gin/hardware/{preset}.gin", "--gin.BATCH_SIZE=8",
-                      "--gin.TRAIN_STEPS=3", devices=8)
-  assert code == 0, out
+# One 8-device process trains every preset through the CLI's main (as
+# `python -m codegen2_jax.train` does), then restores the FSDP checkpoint sharded over the
+# 8 devices and dumps its parameters: one process start and one data pipeline warm-up
+# instead of four.
+PRESETS_SCRIPT = """
+import sys
+import numpy as np, jax
+from flax import nnx
+from codegen2_jax import checkpoints, gin_config, partitioning, train
+from codegen2_jax.models.codegen import CodeGen, ModelConfig
+root, presets, argv = sys.argv[1], sys.argv[2].split(","), sys.argv[3:]
+assert jax.device_count() == 8
+for preset in presets:
+  code = train.main([*argv, f"--gin_file=gin/hardware/{preset}.gin", f"--model_dir={root}/{preset}"])
+  assert code == 0, (preset, code)
+run_dir = f"{root}/fsdp"
+gin_config.parse([f"{run_dir}/config.gin"], [])
+cfg = ModelConfig()
+mesh = partitioning.make_mesh(data=1, fsdp=-1, tensor=1)
+abstract = nnx.state(nnx.eval_shape(lambda: CodeGen(cfg, nnx.Rngs(0))), nnx.Param)
+sh = partitioning.state_shardings(abstract, mesh, partitioning.DEFAULT_RULES)
+abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, sh)
+_, params = checkpoints.restore_params(f"{run_dir}/checkpoints", abstract)
+leaves = jax.tree.leaves(params)
+assert any(len(x.sharding.device_set) == 8 for x in leaves)
+np.savez(f"{run_dir}/params8.npz", *[np.asarray(x) for x in leaves])
+"""
+
+
+@pytest.fixture(scope="module")
+def preset_runs(tmp_path_factory, vocab):
+  """{preset: run dir} of the presets trained on 8 simulated devices, in one process."""
+  root = tmp_path_factory.mktemp("presets")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
+             XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  r = subprocess.run([sys.executable, "-c", PRESETS_SCRIPT, str(root), ",".join(PRESETS),
+                      *TINY, *MESH_RUN], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                     stderr=subprocess.STDOUT, text=True, timeout=1500)
+  assert r.returncode == 0, r.stdout[-5000:]
+  return {p: root / p for p in PRESETS}
+
+
+@pytest.mark.timeout(1800)  # the first one's setup trains all three (one process each before)
+@pytest.mark.parametrize("preset", PRESETS)
+def test_mesh_presets_on_8_devices_match_one_device(preset, preset_runs, one_device_losses):
+  d = preset_runs[preset]
   got = losses(d)
+  assert max(got) == max(one_device_losses) == 3
   for s, want in one_device_losses.items():
     assert got[s] == pytest.approx(want, rel=2e-5), (preset, s)
   if preset == "fsdp":
@@ -155,34 +202,14 @@ def test_mesh_presets_on_8_devices_match_one_device(tmp_path, preset, one_device
 
 
 def _check_restore_on_one_device(run_dir):
-  """The FSDP checkpoint (8 devices) restores here on 1 device with identical params."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=8")
-  dump = run_dir / "params8.npz"
-  script = f"""
-import numpy as np, jax
-from flax import nnx
-import tasks
-from codegen2_jax import checkpoints, gin_config, partitioning, trainer
-from codegen2_jax.models.codegen import CodeGen, ModelConfig
-gin_config.parse([{str(run_dir / 'config.gin')!r}], [])
-cfg = ModelConfig()
-mesh = partitioning.make_mesh(data=1, fsdp=-1, tensor=1)
-abstract = nnx.state(nnx.eval_shape(lambda: CodeGen(cfg, nnx.Rngs(0))), nnx.Param)
-sh = partitioning.state_shardings(abstract, mesh, partitioning.DEFAULT_RULES)
-abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, sh)
-_, params = checkpoints.restore_params({str(run_dir / 'checkpoints')!r}, abstract)
-leaves = jax.tree.leaves(params)
-assert any(len(x.sharding.device_set) == 8 for x in leaves)
-np.savez({str(dump)!r}, *[np.asarray(x) for x in leaves])
-"""
-  subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, check=True)
+  """The FSDP checkpoint restores here on 1 device with the params the 8-device process
+  restored sharded (preset_runs dumped them to params8.npz)."""
   from codegen2_jax import checkpoints, gin_config
   gin_config.parse([str(run_dir / "config.gin")], [])
   cfg = ModelConfig()
   abstract = nnx.state(nnx.eval_shape(lambda: CodeGen(cfg, nnx.Rngs(0))), nnx.Param)
   _, params = checkpoints.restore_params(run_dir / "checkpoints", abstract)
-  want = np.load(dump)
+  want = np.load(run_dir / "params8.npz")
   leaves = jax.tree.leaves(params)
   assert len(leaves) == len(want.files)
   for i, x in enumerate(leaves):
@@ -213,10 +240,18 @@ def test_two_processes_train_save_and_resume(tmp_path, vocab):
     assert [p.returncode for p in procs] == [0, 0], outs
     return outs
 
-  outs = launch(4, port)
+  outs = launch(6, port)
   for i, out in enumerate(outs):
     assert f"process {i}: reading data shard {i} of 2, 4 rows per step" in out
-  assert sorted(int(p.name) for p in (d / "checkpoints").iterdir() if p.name.isdigit()) == [2, 4]
+  steps = d / "checkpoints"
+  assert sorted(int(p.name) for p in steps.iterdir() if p.name.isdigit()) == [2, 4, 6]
+  want = losses(d)
+  (steps / "6").rename(steps / "6.set-aside")  # resume from step 4, as after a preemption
   outs = launch(6, port + 1)
-  assert all("steps 4..6" in out for out in outs)
-  assert max(losses(d)) == 6
+  for i, out in enumerate(outs):
+    assert "steps 4..6" in out
+    assert f"process {i}: data: resumed at batch 4 from the saved state" in out, out
+  got = losses(d)
+  assert max(got) == 6
+  for s in (5, 6):  # each process restored its own shard's position
+    assert got[s] == pytest.approx(want[s], rel=1e-6, abs=1e-6), s

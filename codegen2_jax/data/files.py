@@ -41,6 +41,7 @@ import logging
 import os
 import threading
 import zlib
+from collections import OrderedDict
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Sequence
@@ -393,6 +394,58 @@ def pieces(text: str, max_chars: int) -> Iterator[str]:
   yield text[start:]
 
 
+_NO_END = (1 << 62)  # "count up forever" for Dataset.range: a file ends at its first miss
+MAX_OPEN_FILES = 32  # open cursors per dataset: interleave's 8 files plus its prefetched ones
+
+
+class _Cursors:
+  """Document i of a file, from a bounded, thread-safe cache of open readers.
+
+  A file's documents are asked for in order (0, 1, 2, ...), so the cursor left at i
+  serves i next from its open reader. Any other i (the first ask of a pipeline restored
+  from a checkpoint, a file read again in the next epoch, a cursor evicted past
+  MAX_OPEN_FILES) reopens the file and skips to i: bounded by the file's size, never by
+  the run's length. Calls for one file come one at a time (its stream is sequential);
+  different files are read concurrently by tf.data's threads.
+  """
+
+  def __init__(self, open_file: Callable[[str], Iterator[dict]], count: Callable[[int], None]):
+    self._open_file = open_file
+    self._count = count
+    self._lock = threading.Lock()
+    self._open: OrderedDict[str, tuple[int, Iterator[dict]]] = OrderedDict()
+
+  def document(self, path: str, i: int) -> dict | None:
+    """Document `i` of `path` (an example dict), None past its last."""
+    with self._lock:
+      at, docs = self._open.pop(path, (None, None))
+    if at != i:
+      if docs is not None:
+        docs.close()
+      docs, at = self._open_file(path), 0
+    try:
+      while True:
+        doc = next(docs, None)
+        if doc is None:
+          break
+        self._count(1)
+        if at == i:
+          break
+        at += 1
+    except BaseException:
+      docs.close()
+      raise
+    if doc is None:
+      docs.close()
+      return None
+    with self._lock:
+      self._open[path] = (i + 1, docs)
+      evicted = self._open.popitem(last=False)[1][1] if len(self._open) > MAX_OPEN_FILES else None
+    if evicted is not None:
+      evicted.close()
+    return doc
+
+
 def _remember(error: DataError) -> None:
   _LAST_ERROR.append(error)
   del _LAST_ERROR[:-8]
@@ -423,6 +476,7 @@ class FileSource(seqio.DataSource):
     self._train_file_every = train_file_every
     self._lock = threading.Lock()
     self._skipped_files = 0
+    self.documents_read = 0  # documents taken from readers (tests: a restore reads few)
 
   @property
   def supports_arbitrary_sharding(self) -> bool:
@@ -478,6 +532,12 @@ class FileSource(seqio.DataSource):
   def get_dataset(self, split: str = "train", shuffle: bool = True, seed: int | None = None,
                   shard_info: seqio.ShardInfo | None = None, *, sequence_length=None,
                   use_cached=False, num_epochs=1) -> tf.data.Dataset:
+    """Documents of `split` (this shard's files), interleaved 8 files at a time.
+
+    Each file is an index-addressable stream (`Dataset.range` -> document i, see
+    _Cursors), so a tf.data checkpoint of the pipeline holds a document index per open
+    file and restores without reading the documents before it (resume without replay).
+    """
     if split not in self.splits:
       raise ValueError(f"unknown split {split!r} for {self._description}")
     files = self.files()
@@ -486,22 +546,35 @@ class FileSource(seqio.DataSource):
     if shard_info and shard_info.num_shards > 1:
       files = files[shard_info.index::shard_info.num_shards]
     settings = read_settings()  # here, in the caller's thread, not in tf.data's
+    cursors = _Cursors(lambda path: self.documents(path, split, settings), self._count_read)
 
-    def generate(path):
-      yield from self.documents(path.decode() if isinstance(path, bytes) else path, split,
-                                settings)
+    def fetch(path, i):
+      doc = cursors.document(path.numpy().decode(), int(i.numpy()))
+      if doc is None:
+        return b"", b"", False
+      return doc["source"], doc["text"], True
 
-    spec = {"source": tf.TensorSpec([], tf.string), "text": tf.TensorSpec([], tf.string)}
+    def file_documents(path):
+      # A file's documents by index; the end is the first index with no document.
+      docs = tf.data.Dataset.range(_NO_END).map(
+          lambda i: tf.py_function(fetch, [path, i], [tf.string, tf.string, tf.bool]))
+      docs = docs.take_while(lambda source, text, more: more)
+      return docs.map(lambda source, text, more: {"source": tf.ensure_shape(source, []),
+                                                  "text": tf.ensure_shape(text, [])})
+
     files_ds = tf.data.Dataset.from_tensor_slices(files)
     if shuffle:
       files_ds = files_ds.shuffle(len(files), seed=seed)
     ds = files_ds.interleave(
-        lambda p: tf.data.Dataset.from_generator(generate, output_signature=spec, args=(p,)),
-        cycle_length=min(len(files), 8), block_length=16,
+        file_documents, cycle_length=min(len(files), 8), block_length=16,
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if shuffle:
       ds = ds.shuffle(1024, seed=seed)
     return ds
+
+  def _count_read(self, n: int) -> None:
+    with self._lock:
+      self.documents_read += n
 
   def num_input_examples(self, split: str) -> int | None:
     return None

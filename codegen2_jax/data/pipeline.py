@@ -1,8 +1,11 @@
-"""Per-host batches from a seqio task or mixture: sharded, packed, resumable by position."""
+"""Per-host batches from a seqio task or mixture: sharded, packed, and resumable: the
+iterator's state is saved with each checkpoint and restored directly (HostBatches), or,
+for a checkpoint without it, the position is replayed (`batches(ds, skip=N)`)."""
 
 from __future__ import annotations
 
 import gc
+import os
 from typing import Iterator
 
 import jax
@@ -68,6 +71,79 @@ def batches(ds: tf.data.Dataset, skip: int = 0, tracker: epochs.EpochTracker | N
     batch.pop("epoch", None)
     batch.pop("task", None)
     yield batch
+
+
+# What a tf.data checkpoint of the training pipeline leaves out ("external state"), and
+# why restoring into a freshly built pipeline of the same settings is still exact: it
+# saves every iterator's position and buffer (sources' ranges and document indices,
+# FileSource's per-file document indices, the shuffle buffers and their random state,
+# seqio's post-preprocess shuffle, sample_from_datasets' random state, count_epochs'
+# scan state, EpochMarkedSource's concatenate, repeat, interleave and packing buffers,
+# batch, prefetch). Ignored are only the Python functions that the pipeline calls
+# through py_function: FileSource's document reader (its state, the open-file cursors,
+# is rebuilt from the saved document index: files._Cursors), the HuggingFace tokenizer
+# (a pure function of its input) and split_documents' long-document log counter (a
+# statistic for a log line, no effect on the data). Random ops are stateless with
+# seeds carried in the data (objectives), so nothing random lives outside the state.
+# A packer (converters / packing) must keep its state in tf.data (scan, buffers), not in
+# Python, for this to stay exact.
+_CHECKPOINTABLE = tf.data.Options()
+_CHECKPOINTABLE.experimental_external_state_policy = (
+    tf.data.experimental.ExternalStatePolicy.IGNORE)
+STATE_PREFIX = "iterator"  # tf.train.Checkpoint files: iterator.index, iterator.data-*
+
+
+class HostBatches:
+  """This host's numpy batches (model features only) with a checkpointable position.
+
+  Iterating yields the batches of `ds`; the `epoch` / `task` features go to `tracker`
+  (if any), never on. `save_state(dir)` writes the tf.data iterator's state after the
+  batches taken so far into a local directory; `restore_state(dir)` on a HostBatches
+  built from the same pipeline settings continues from there without reading the
+  batches before it. Read errors come out as files.DataError (see numpy_iterator).
+  """
+
+  def __init__(self, ds: tf.data.Dataset, tracker: epochs.EpochTracker | None = None):
+    self._ds = ds.with_options(_CHECKPOINTABLE)
+    self._it = iter(self._ds)
+    self._tracker = tracker
+    self.taken = 0  # batches taken from this object (not counting a restored position)
+    self.state_bytes = None  # size of the last state saved (save_state)
+
+  def __iter__(self) -> "HostBatches":
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    if self._it is None:
+      raise StopIteration
+    try:
+      item = next(self._it)
+    except tf.errors.OpError as e:
+      error = files.reader_error(e) or files.DataError(f"data pipeline failed: {e.message}")
+    else:
+      batch = {k: v.numpy() for k, v in item.items()}
+      self.taken += 1
+      if self._tracker is not None:
+        self._tracker.observe(batch)
+      batch.pop("epoch", None)
+      batch.pop("task", None)
+      return batch
+    self._it = None  # see numpy_iterator: the iterator must go before the error is raised
+    gc.collect()
+    raise type(error)(str(error))
+
+  def save_state(self, directory: str) -> int:
+    """Writes the iterator state into local `directory` (created); returns its bytes."""
+    os.makedirs(directory, exist_ok=True)
+    tf.train.Checkpoint(iterator=self._it).write(os.path.join(directory, STATE_PREFIX))
+    self.state_bytes = sum(os.path.getsize(os.path.join(directory, f))
+                           for f in os.listdir(directory))
+    return self.state_bytes
+
+  def restore_state(self, directory: str) -> None:
+    """Continues from the state save_state wrote into local `directory`."""
+    tf.train.Checkpoint(iterator=self._it).read(
+        os.path.join(directory, STATE_PREFIX)).assert_consumed()
 
 
 def numpy_iterator(ds: tf.data.Dataset) -> Iterator:

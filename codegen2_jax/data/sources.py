@@ -29,7 +29,8 @@ VALIDATION_EVERY = 50  # one document in 50 is held out
 
 class _QuietUncachedWarning(logging.Filter):
   # seqio warns that a FunctionDataSource shuffles poorly on restart; ours shuffles the
-  # whole document list with the run's seed, and resume replays the exact order.
+  # whole document list with the run's seed, and resume restores (or replays) the exact
+  # position in that order.
   def filter(self, record: logging.LogRecord) -> bool:
     return "uncached FunctionDataset" not in record.getMessage()
 
@@ -112,12 +113,17 @@ def _dataset_fn(docs_fn, train_every: int = 1):
     docs = split_docs(docs_fn(), split)
     if split == "train":
       docs = docs[::train_every]
-    names = [n for n, _ in docs]
-    texts = [t for _, t in docs]
-    ds = tf.data.Dataset.from_tensor_slices({"source": names, "text": texts})
+    names = tf.constant([n for n, _ in docs], tf.string)
+    texts = tf.constant([t for _, t in docs], tf.string)
+    # Shuffle document INDICES and gather the texts after: a checkpoint of the pipeline's
+    # iterator (pipeline.HostBatches, resume without replay) then holds ints in the
+    # shuffle buffer, not every text. A buffer of the whole count with the same seed draws
+    # the same permutation whatever the elements are, so the order is the one that
+    # shuffling the texts gave.
+    ds = tf.data.Dataset.range(len(docs))
     if shuffle_files:
       ds = ds.shuffle(len(docs), seed=seed)
-    return ds
+    return ds.map(lambda i: {"source": tf.gather(names, i), "text": tf.gather(texts, i)})
   return dataset_fn
 
 
