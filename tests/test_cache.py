@@ -1,20 +1,28 @@
-"""seqio's offline cache on Apache Beam (DirectRunner): written through the data CLI, then
-trained from with the same objective mix, passes counted; uncached tasks refused."""
+"""seqio's offline cache on Apache Beam (DirectRunner): written through the data CLI into a
+gs:// folder (the GCS protocol server of conftest), then trained from with the same
+objective mix, passes counted; an empty split cached and read as empty; uncached tasks
+refused. Reading a gs:// cache goes through TensorFlow's GCS client, which cannot reach the
+test server (README, "cache"), so the tests read a local copy of what Beam wrote."""
 
 import contextlib
 import io
 import json
 import os
+import shutil
 
+import gin
 import pytest
 
-from codegen2_jax import train
+from codegen2_jax import storage, train
 from codegen2_jax.data import __main__ as data_cli
-from codegen2_jax.data import files
+from codegen2_jax.data import files, pipeline
 
 MODULE = '''
 from codegen2_jax.data import files, registry
 registry.register_task("cache_tree", files.tree_source({root!r}, [".py"], "cached tree"))
+registry.register_task("cache_empty", files.tree_source({empty!r}, [".py"], "no validation"))
+registry.register_mixture("cache_both", [("cache_tree", 1.0), ("cache_empty", 1.0)])
+registry.register_task("cache_old", files.tree_source({empty!r}, [".py"], "no validation"))
 '''
 
 
@@ -34,21 +42,37 @@ def _tree(root, n_train=4, n_validation=1):
     i += 1
 
 
+def _download(url, local):
+  """Copies the gs:// folder `url` to `local`; returns the relative paths copied."""
+  copied = []
+  for file_url in storage.list_tree(url):
+    rel = file_url[len(url) + 1:]
+    (local / rel).parent.mkdir(parents=True, exist_ok=True)
+    (local / rel).write_bytes(storage.path(file_url).read_bytes())
+    copied.append(rel)
+  return copied
+
+
 @pytest.fixture(scope="module")
-def cached(tmp_path_factory, vocab):
-  """(module dir, cache dir, cache CLI summary): the task cached once for the file."""
+def cached(tmp_path_factory, vocab, gcs_emulator):
+  """(module dir, local copy of the cache, cache CLI summary): both tasks cached once for
+  the file, by one Beam run into gs://."""
   tmp = tmp_path_factory.mktemp("cache")
   _tree(tmp / "code")
-  (tmp / "cache_tasks_mod.py").write_text(MODULE.format(root=str(tmp / "code")))
+  _tree(tmp / "empty", n_train=1, n_validation=0)
+  (tmp / "cache_tasks_mod.py").write_text(MODULE.format(root=str(tmp / "code"),
+                                                         empty=str(tmp / "empty")))
   mp = pytest.MonkeyPatch()
   mp.syspath_prepend(str(tmp))
-  out = tmp / "cache_dir"
+  url = f"gs://test-bucket/cache-{os.getpid()}"
   buf = io.StringIO()
   with contextlib.redirect_stdout(buf):
-    rc = data_cli.main(["cache", "--mixture=cache_tree", "--module=cache_tasks_mod",
-                        f"--out={out}", "--runner=DirectRunner", "--min_shards=2"])
+    rc = data_cli.main(["cache", "--mixture=cache_both", "--module=cache_tasks_mod",
+                        f"--out={url}", "--runner=DirectRunner", "--min_shards=2"])
   assert rc == 0
   summary = json.loads(buf.getvalue().strip().splitlines()[-1])
+  out = tmp / "cache_dir"
+  assert "cache_tree/COMPLETED" in _download(url, out)
   yield tmp, out, summary
   mp.undo()
 
@@ -137,3 +161,44 @@ def test_uncached_mixture_is_one_line_naming_the_task_and_the_command(tmp_path, 
   assert data_cli.main(["bench", "--mixture=stdlib_demo", "--gin.USE_CACHED=True"]) == 1
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and "CACHE_DIRS" in err[0], err
+
+
+def test_an_empty_split_is_cached_and_read_as_empty(cached, tmp_path, capsys):
+  _, out, summary = cached
+  # One file, held out of validation: the validation split has no document.
+  assert summary["tasks"]["cache_empty"] == {"dir": f"{summary['out']}/cache_empty",
+                                             "written": True, "train": 1, "validation": 0}
+  info = json.loads((out / "cache_empty" / "info.validation.json").read_text())
+  assert set(info["features"]) == set(
+      json.loads((out / "cache_empty" / "info.train.json").read_text())["features"])
+  try:
+    with gin.unlock_config():
+      gin.parse_config(["cache.reading.use_cached = True",
+                        f"cache.reading.cache_dirs = ['{out}']"])
+    # One pass over it reads as empty, and the train split is there.
+    empty = pipeline.host_dataset("cache_empty", 128, 1, split="validation", num_epochs=1,
+                                  shard_index=0, num_shards=1, pack=False)
+    assert list(pipeline.batches(empty)) == []
+    one = pipeline.host_dataset("cache_empty", 128, 1, num_epochs=1, shard_index=0,
+                                num_shards=1, pack=False)
+    assert len(list(pipeline.batches(one))) > 0
+  finally:
+    with gin.unlock_config():
+      gin.clear_config()
+  # Repeated (as training and eval read), it would never yield: one line naming the task
+  # and split, read from the cache or not (it hung before).
+  for cache_flags in (["--gin.USE_CACHED=True", f"--gin.CACHE_DIRS=['{out}']"], []):
+    assert data_cli.main(["inspect", "--mixture=cache_empty", "--split=validation",
+                          "--n=1", *cache_flags]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "task 'cache_empty' has no document in its 'validation' split" \
+        in err[0], err
+  # A cache written before empty splits got their info (seqio's writer leaves `{}`).
+  old = tmp_path / "old"
+  shutil.copytree(out / "cache_empty", old / "cache_old")
+  (old / "cache_old" / "info.validation.json").write_text("{}")
+  assert data_cli.main(["inspect", "--mixture=cache_old", "--split=validation", "--n=1",
+                        "--gin.USE_CACHED=True", f"--gin.CACHE_DIRS=['{old}']"]) == 1
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "'validation' split of task 'cache_old'" in err[0] \
+      and "cache the task again" in err[0], err

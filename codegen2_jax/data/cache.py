@@ -14,6 +14,16 @@ So one cache serves every SEQ_LEN and objective mixture, but the data settings b
 placeholder (vocabulary, data paths, licence filter, read_settings) are frozen in it: a
 cache read with another vocabulary than the one it was written with is refused.
 
+A split with no document (the `validation` split of a tiny task) is cached as empty and
+reads as empty; a repeated read of it (training, eval) is one line naming the task and
+split (data.epochs.count_epochs), not an endless wait.
+
+gs://: Beam writes through its own GCS client (google-cloud-storage, which follows
+`STORAGE_EMULATOR_HOST`; tested on the emulator), and this module reads and writes its
+own files through codegen2_jax.storage. seqio reads a cache through TensorFlow's GCS
+client, whose endpoint is fixed (https://www.googleapis.com; its GCS_* variables tune
+retries and caches only), so reading a gs:// cache works on GCS but is not tested here.
+
 The Beam job is seqio's own (`seqio.scripts.cache_tasks_main.run_pipeline` with
 `seqio.beam_utils`): DirectRunner here, Dataflow / Flink / Spark with --runner and
 --pipeline_option. Tasks already complete in DIR are skipped, so a rerun finishes an
@@ -117,6 +127,21 @@ def _check_vocabulary(task: seqio.Task, name: str) -> None:
         f"directory: {cache_command(name, 'NEW_DIR')}")
 
 
+def _info(task_dir: str, split: str) -> dict:
+  return json.loads(storage.path(seqio.get_cached_info_path(task_dir, split)).read_text())
+
+
+def check_split(task: seqio.Task, split: str) -> None:
+  """NotCachedError (one line) if `split` of `task`'s cache cannot be read: an empty
+  split written before `write` completed empty splits' info (seqio's own script writes
+  `{}`, on which seqio's reader fails with KeyError 'features')."""
+  if "features" not in _info(task.cache_dir, split):
+    raise NotCachedError(
+        f"the {split!r} split of task {task.name!r} in {task.cache_dir} has no documents "
+        "and no feature info (cached by an older writer); cache the task again into a new "
+        f"directory: {cache_command(task.name, 'NEW_DIR')}")
+
+
 # ----------------------------------------------------------------------------------------
 # Writing
 
@@ -163,8 +188,11 @@ def write(name: str, out: str, runner: str = "DirectRunner",
   for task in tasks:
     if not task.supports_caching:
       raise ValueError(f"task {task.name!r} cannot be cached: its source forbids caching")
-  # Tasks already complete in `out` are skipped (seqio looks there first).
-  seqio.add_global_cache_dirs([out])
+  # Tasks already complete in `out` are skipped. Looked up here through storage, not by
+  # adding `out` to seqio's cache dirs: seqio checks those with TensorFlow's filesystem,
+  # whose gs:// client cannot be pointed at a test server (README, "cache").
+  todo = [t for t in tasks if not storage.path(
+      storage.join(out, seqio.get_task_dir_from_name(t.name), "COMPLETED")).exists()]
   # run_pipeline reads its settings from the script's absl flags.
   flags.FLAGS(["cache_tasks_main", f"--min_shards={min_shards}"])
   modules = ["tasks", *modules]
@@ -178,11 +206,13 @@ def write(name: str, out: str, runner: str = "DirectRunner",
   original = beam_utils.PreprocessTask
   beam_utils.PreprocessTask = preprocess  # the pipeline seqio builds, with our setup_fn
   markers = epochs.set_markers(False)  # for the DirectRunner, which runs in this process
+  written = []
   try:
-    with beam.Pipeline(options=options) as pipeline:
-      written = cache_tasks_main.run_pipeline(
-          pipeline, [re.escape(t.name) for t in tasks], out, modules_to_import=modules,
-          output_format="tfrecord")
+    if todo:  # (run_pipeline takes no task names as "every registered task")
+      with beam.Pipeline(options=options) as pipeline:
+        written = cache_tasks_main.run_pipeline(
+            pipeline, [re.escape(t.name) for t in todo], out, modules_to_import=modules,
+            output_format="tfrecord")
   finally:
     beam_utils.PreprocessTask = original
     epochs.set_markers(markers)
@@ -190,6 +220,8 @@ def write(name: str, out: str, runner: str = "DirectRunner",
   for task in tasks:
     task_dir = storage.join(out, seqio.get_task_dir_from_name(task.name))
     if task_dir in written:
+      for split in task.splits:
+        _complete_empty_split(task, task_dir, split)
       record = _vocabulary_record(task)
       if record is not None:
         storage.path(storage.join(task_dir, VOCAB_RECORD)).write_text(json.dumps(record))
@@ -203,3 +235,31 @@ def write(name: str, out: str, runner: str = "DirectRunner",
         entry[split] = json.loads(stats.read_text()).get("examples")
     summary[task.name] = entry
   return {"mixture": name, "out": out, "seconds": round(seconds, 1), "tasks": summary}
+
+
+def _complete_empty_split(task: seqio.Task, task_dir: str, split: str) -> None:
+  """Gives an empty split the info seqio's reader needs, so it reads as empty.
+
+  seqio's writer takes a split's feature info from one of its examples (beam_utils.
+  GetInfo) and writes `{}` when there is none (the `validation` split of a tiny task);
+  seqio's reader then fails with KeyError 'features'. The features are the ones the
+  pre-cache pipeline produces, read from its element_spec without reading a document,
+  in GetInfo's format (first dimension of a sequence None)."""
+  info_path = storage.path(seqio.get_cached_info_path(task_dir, split))
+  if "features" in json.loads(info_path.read_text()):
+    return
+  markers = epochs.set_markers(False)  # as the writers ran: `epoch_end` always False
+  try:
+    ds = task.preprocess_precache(task.source.get_dataset(split=split, shuffle=False))
+  finally:
+    epochs.set_markers(markers)
+  features = {}
+  for key, spec in ds.element_spec.items():
+    shape = spec.shape.as_list()
+    features[key] = {"shape": [None] + shape[1:] if shape else [], "dtype": spec.dtype.name}
+  prefix = seqio.get_cached_tfrecord_prefix(task_dir, split)
+  shards = storage.path(os.path.dirname(prefix)).glob(os.path.basename(prefix) + "-*-of-*")
+  info = {"features": features, "num_shards": len(list(shards)),
+          "seqio_version": seqio.__version__}
+  info_path.write_text(json.dumps(info, sort_keys=True, indent=2))
+  logging.info("%s: the %s split has no documents; cached as empty", task.name, split)

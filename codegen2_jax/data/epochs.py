@@ -27,7 +27,9 @@ that mixes tasks and passes still says where each token came from.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import zlib
 from typing import Mapping
 
@@ -118,23 +120,62 @@ class EpochMarkedSource(seqio.DataSource):
     return ds.concatenate(tf.data.Dataset.from_tensors(marker))
 
 
+_BUILDING = threading.local()  # the split whose pipeline this thread is building
+
+
+@contextlib.contextmanager
+def building(split: str):
+  """Names `split` to count_epochs while a task's pipeline is built in this thread
+  (registry.CodeGenTask.get_dataset), for its error line."""
+  previous, _BUILDING.split = getattr(_BUILDING, "split", None), split
+  try:
+    yield
+  finally:
+    _BUILDING.split = previous
+
+
+def _fail_empty(task: str, split: str | None):
+  def fail():
+    from codegen2_jax.data import files
+    where = f"{split!r} split" if split else "split being read"
+    error = files.DataError(
+        f"task {task or '?'!r} has no document in its {where} (on this host's shard): "
+        "a repeated read of it would never yield an example; add documents, or leave the "
+        "task out of this split's mixture")
+    files._remember(error)  # so the reader prints this line, not TensorFlow's traceback
+    raise error
+  return fail
+
+
 def count_epochs(dataset: tf.data.Dataset, task: str = "") -> tf.data.Dataset:
   """seqio preprocessor: adds scalar `epoch` (1-based pass number) and `task` (task_id)
   to each example of a stream from EpochMarkedSource, dropping the markers.
 
   Example: [A, B, <end>, A, B, <end>] -> [A (epoch 1), B (1), A (2), B (2)].
   A stream without markers (a source not wrapped) stays at epoch 1.
+  A split with no document gives the stream [<end>, <end>, ...] when repeated, which
+  would spin forever without yielding: two empty passes in a row raise files.DataError
+  naming the task and split. One empty pass (num_epochs=1) just reads as empty.
   """
   tid = tf.constant(task_id(task) if task else 0, tf.int32)
   if EPOCH_END not in dataset.element_spec:
     return dataset.map(lambda ex: {**ex, "epoch": tf.constant(1, tf.int32), "task": tid})
+  fail = _fail_empty(task, getattr(_BUILDING, "split", None))
 
-  def step(epoch, ex):
+  def step(state, ex):
+    epoch, documents, empty_passes = state  # documents: in this pass so far
     ex = dict(ex)
     end = ex.pop(EPOCH_END)
-    return epoch + tf.cast(end, tf.int32), (dict(ex, epoch=epoch, task=tid), end)
+    empty_passes = tf.where(end, tf.where(documents > 0, 0, empty_passes + 1), empty_passes)
+    ok = tf.cond(empty_passes < 2, lambda: tf.constant(True),
+                 lambda: tf.py_function(fail, [], tf.bool))
+    with tf.control_dependencies([ok]):
+      documents = tf.where(end, 0, documents + 1)
+    return ((epoch + tf.cast(end, tf.int32), documents, empty_passes),
+            (dict(ex, epoch=epoch, task=tid), end))
 
-  counted = dataset.scan(tf.constant(1, tf.int32), step)
+  zero = tf.constant(0, tf.int32)
+  counted = dataset.scan((tf.constant(1, tf.int32), zero, zero), step)
   # Two lambdas on one line defeat AutoGraph's source lookup (a 9-line warning each, per
   # pipeline); neither needs converting.
   not_end = tf.autograph.experimental.do_not_convert(lambda ex, end: tf.logical_not(end))

@@ -44,7 +44,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from codegen2_jax.data import epochs, files, objectives, sources
+from codegen2_jax.data import cache, epochs, files, objectives, sources
 from codegen2_jax.data import vocab as V
 
 DEFAULT_VOCAB_SIZE = 8192
@@ -197,7 +197,12 @@ class CodeGenTask(seqio.Task):
   """A seqio Task that counts passes over its cached data too: the cache is read through
   epochs.EpochMarkedSource, which ends each host's shard with one pass marker."""
 
+  def get_dataset(self, sequence_length=None, split: str = "train", *args, **kwargs):
+    with epochs.building(split):  # count_epochs names the split if it has no document
+      return super().get_dataset(sequence_length, split, *args, **kwargs)
+
   def _get_cached_source(self, split: str, file_shuffle_buffer_size=None) -> seqio.DataSource:
+    cache.check_split(self, split)
     return epochs.EpochMarkedSource(super()._get_cached_source(split, file_shuffle_buffer_size))
 
 
