@@ -11,7 +11,7 @@ import uuid
 import numpy as np
 import pytest
 
-from codegen2_jax import convert, sample, storage, train
+from codegen2_jax import convert, sample, storage
 from codegen2_jax.data import vocab as V
 from codegen2_jax.eval import __main__ as eval_cli
 
@@ -52,12 +52,9 @@ def last_json(text: str):
 
 
 @pytest.fixture(scope="module")
-def local_run(tmp_path_factory, vocab):
-  run = tmp_path_factory.mktemp("run")
-  assert train.main(["--gin_file=gin/runs/test_tiny.gin", f"--model_dir={run}",
-                     "--gin.TRAIN_STEPS=2", "--gin.train.eval_every=0",
-                     "--gin.train.show_samples_at_end=False"]) == 0
-  return run
+def local_run(tiny_run):
+  """A 2-step tiny run (conftest.tiny_run, shared with other files: read only)."""
+  return tiny_run
 
 
 @pytest.fixture(scope="module")

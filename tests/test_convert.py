@@ -101,13 +101,10 @@ def test_orbax_to_hf_round_trip_and_transformers_loads_it(tmp_path):
   assert np.abs(hf_logits(back, ids) - hf_logits(ref, ids)).max() < 1e-5
 
 
-def test_our_trained_checkpoint_exports_to_hf(tmp_path, vocab, capsys):
+def test_our_trained_checkpoint_exports_to_hf(tmp_path, tiny_run, capsys):
   """A checkpoint of our own training run loads in transformers with the same logits; its
   SentencePiece vocabulary is not written as a tokenizer (and the output says so)."""
-  from codegen2_jax import train
-  run = tmp_path / "run"
-  assert train.main(["--gin_file=gin/runs/test_tiny.gin", f"--model_dir={run}",
-                     "--gin.TRAIN_STEPS=2", "--gin.train.show_samples_at_end=False"]) == 0
+  run = tiny_run  # conftest: a 2-step run of gin/runs/test_tiny.gin, read only
   capsys.readouterr()
   assert convert.main(["orbax-to-hf", f"--checkpoint_dir={run}",
                        f"--out_dir={tmp_path / 'hf'}"]) == 0

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from codegen2_jax import sample, train
+from codegen2_jax import sample
 from codegen2_jax.eval import __main__ as eval_cli
 from codegen2_jax.eval import humaneval, infilling
 
@@ -38,12 +38,9 @@ def problem_file(tmp_path_factory, problems):
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, vocab):
-  run = tmp_path_factory.mktemp("run")
-  assert train.main(["--gin_file=gin/runs/test_tiny.gin", f"--model_dir={run}",
-                     "--gin.TRAIN_STEPS=2", "--gin.train.eval_every=0",
-                     "--gin.train.show_samples_at_end=False"]) == 0
-  return run
+def checkpoint(tiny_run):
+  """A 2-step tiny run (conftest.tiny_run, shared with other files: read only)."""
+  return tiny_run
 
 
 def _cli(capsys, *argv):
