@@ -8,7 +8,6 @@ cleanly on SIGTERM) -> final checkpoint -> restore it and show a completion and 
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import signal
 import sys
@@ -220,11 +219,10 @@ def resume_data(ds, checkpoint_dir, step: int | None, position: int,
     if why is None:
       data = pipeline.HostBatches(ds, tracker)
       try:
-        data.restore_state(local)
+        size = data.restore_state(local)
       except Exception as e:  # noqa: BLE001  (tf raises several kinds for a bad state)
         why = f"step {step}'s data state does not restore ({type(e).__name__})"
       else:
-        size = sum(os.path.getsize(os.path.join(local, f)) for f in os.listdir(local))
         print(f"{_process_label()}data: resumed at batch {position} from the saved state "
               f"({size} bytes, {time.perf_counter() - start:.2f} s; nothing replayed)",
               flush=True)

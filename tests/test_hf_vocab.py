@@ -263,3 +263,38 @@ def test_generated_id_0_is_returned_not_dropped(cg2):
   # (4 new tokens after a 2..16-token prompt in both calls: one compilation)
   assert decoding.generate(model, [[cg2.eos_id, 87]], 4, stop_ids=(cg2.eos_id,))[0] == [0] * 4
   assert decoding.complete(model, cg2, "x = ", max_new_tokens=4) == "!!!!"
+
+
+# ----------------------------------------------------------------------------------------
+# Tokenizing in the task pipeline: batched (vocab.tokenize_documents), as seqio would
+
+
+@pytest.mark.parametrize("kind", ["codegen2", "stdlib_spm"])
+def test_batched_tokenizing_gives_seqios_tokens_in_order(kind, cg2, vocab):
+  import gin
+  voc = cg2 if kind == "codegen2" else vocab
+  features = {"targets": seqio.Feature(voc, add_eos=False)}
+  texts = CG2_SAMPLES + ["", "\n" * 3 + CODE[1] * 40]
+  ds = tf.data.Dataset.from_tensor_slices({
+      "targets": texts, "source": [f"doc{i}" for i in range(len(texts))],
+      "epoch_end": [i == len(texts) - 1 for i in range(len(texts))]})
+  want = list(seqio.preprocessors.tokenize(ds, features, copy_pretokenized=False)
+              .as_numpy_iterator())
+  with gin.unlock_config():
+    gin.bind_parameter("vocab.tokenize_documents.batch_size", 3)  # a partial last batch
+  try:
+    out = V.tokenize_documents(ds, features)
+    got = list(out.as_numpy_iterator())
+  finally:
+    gin.clear_config()
+  assert out.element_spec["targets"] == tf.TensorSpec([None], tf.int32)
+  assert [g["source"] for g in got] == [w["source"] for w in want]
+  for g, w in zip(got, want):
+    assert g.keys() == w.keys()
+    np.testing.assert_array_equal(g["targets"], w["targets"])
+    assert g["epoch_end"] == w["epoch_end"]
+  assert got[0]["targets"].size > 0 and got[len(CG2_SAMPLES)]["targets"].size == 0
+  if kind == "codegen2":  # the batch path is the tokenizers library's own encoding
+    ref = Tokenizer.from_file(str(V.CODEGEN2_TOKENIZER_DIR / "tokenizer.json"))
+    assert [g["targets"].tolist() for g in got] == [
+        ref.encode(t, add_special_tokens=False).ids for t in texts]

@@ -118,3 +118,34 @@ def test_tasks_cache_after_tokenization_and_count_passes_after_the_cache(tmp_pat
     assert after[0].func is epochs.count_epochs and after[1] is objectives.split_documents
   finally:
     seqio.TaskRegistry.remove("reg_cacheable")
+
+
+def test_the_task_shuffle_buffer_is_a_gin_setting(vocab):
+  # Long documents split into many pieces at 128 tokens: a buffer of 1 keeps each
+  # document's pieces together, a larger one mixes them (and the checkpoint's data state
+  # holds one buffer per task, so its size is the user's choice).
+  import gin
+  import tasks  # noqa: F401
+
+  def sources(size):
+    with gin.unlock_config():
+      gin.bind_parameter("registry.task_shuffle_buffer.size", size)
+    try:
+      ds = seqio.get_mixture_or_task("stdlib_code").get_dataset(
+          {"targets": 128}, split="train", shuffle=True, seed=1, num_epochs=1)
+      return [ex["source"] for ex in ds.take(300).as_numpy_iterator()]
+    finally:
+      gin.clear_config()
+
+  def changes(names):
+    return sum(a != b for a, b in zip(names, names[1:]))
+
+  together, mixed = sources(1), sources(256)
+  assert changes(together) < len(together) // 4 < changes(mixed)
+  with gin.unlock_config():
+    gin.bind_parameter("registry.task_shuffle_buffer.size", 0)
+  try:
+    with pytest.raises(ValueError, match="task_shuffle_buffer.size=0"):
+      seqio.get_mixture_or_task("stdlib_code").get_dataset({"targets": 128}, split="train")
+  finally:
+    gin.clear_config()

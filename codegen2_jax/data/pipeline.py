@@ -66,11 +66,32 @@ def batches(ds: tf.data.Dataset, skip: int = 0, tracker: epochs.EpochTracker | N
   if skip:
     ds = ds.skip(skip)
   for batch in numpy_iterator(ds):
-    if tracker is not None:
-      tracker.observe(batch)
-    batch.pop("epoch", None)
-    batch.pop("task", None)
-    yield batch
+    yield _model_batch(batch, tracker)
+
+
+def _model_batch(batch: dict, tracker: epochs.EpochTracker | None) -> dict:
+  """`batch` without its `epoch` / `task` features, which go to `tracker` (if any)."""
+  if tracker is not None:
+    tracker.observe(batch)
+  batch.pop("epoch", None)
+  batch.pop("task", None)
+  return batch
+
+
+def _pipeline_error(e: tf.errors.OpError) -> files.DataError:
+  """The one-line DataError for a tf.data error: the source's own, or a generic one."""
+  return files.reader_error(e) or files.DataError(f"data pipeline failed: {e.message}")
+
+
+def _raise_without_iterator(error: files.DataError):
+  """Raises a copy of `error` once the caller has dropped its tf.data iterator (see
+  numpy_iterator: no tf traceback may keep the iterator alive)."""
+  gc.collect()  # frames of the dropped traceback can form cycles holding the iterator
+  raise type(error)(str(error))  # same class (CorruptFileError...), no tf traceback
+
+
+def _dir_bytes(directory: str) -> int:
+  return sum(os.path.getsize(os.path.join(directory, f)) for f in os.listdir(directory))
 
 
 # What a tf.data checkpoint of the training pipeline leaves out ("external state"), and
@@ -119,31 +140,26 @@ class HostBatches:
     try:
       item = next(self._it)
     except tf.errors.OpError as e:
-      error = files.reader_error(e) or files.DataError(f"data pipeline failed: {e.message}")
+      error = _pipeline_error(e)
     else:
-      batch = {k: v.numpy() for k, v in item.items()}
       self.taken += 1
-      if self._tracker is not None:
-        self._tracker.observe(batch)
-      batch.pop("epoch", None)
-      batch.pop("task", None)
-      return batch
+      return _model_batch({k: v.numpy() for k, v in item.items()}, self._tracker)
     self._it = None  # see numpy_iterator: the iterator must go before the error is raised
-    gc.collect()
-    raise type(error)(str(error))
+    _raise_without_iterator(error)
 
   def save_state(self, directory: str) -> int:
     """Writes the iterator state into local `directory` (created); returns its bytes."""
     os.makedirs(directory, exist_ok=True)
     tf.train.Checkpoint(iterator=self._it).write(os.path.join(directory, STATE_PREFIX))
-    self.state_bytes = sum(os.path.getsize(os.path.join(directory, f))
-                           for f in os.listdir(directory))
+    self.state_bytes = _dir_bytes(directory)
     return self.state_bytes
 
-  def restore_state(self, directory: str) -> None:
-    """Continues from the state save_state wrote into local `directory`."""
+  def restore_state(self, directory: str) -> int:
+    """Continues from the state save_state wrote into local `directory`; returns its
+    bytes."""
     tf.train.Checkpoint(iterator=self._it).read(
         os.path.join(directory, STATE_PREFIX)).assert_consumed()
+    return _dir_bytes(directory)
 
 
 def numpy_iterator(ds: tf.data.Dataset) -> Iterator:
@@ -168,11 +184,10 @@ def numpy_iterator(ds: tf.data.Dataset) -> Iterator:
     except StopIteration:
       return
     except tf.errors.OpError as e:
-      error = files.reader_error(e) or files.DataError(f"data pipeline failed: {e.message}")
+      error = _pipeline_error(e)
     else:
       yield item
       continue
     # Outside the except block: the tf error and its traceback are released here.
     del it
-    gc.collect()  # frames of the dropped traceback can form cycles holding the iterator
-    raise type(error)(str(error))  # same class (CorruptFileError...), no tf traceback
+    _raise_without_iterator(error)

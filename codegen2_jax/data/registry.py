@@ -181,8 +181,9 @@ def preprocessors(objective=objectives.codegen2_mixture, task: str = "",
       functools.partial(seqio.preprocessors.rekey,
                         key_map={"targets": "text", "source": "source",
                                  epochs.EPOCH_END: epochs.EPOCH_END}),
-      # No `targets_pretokenized` copy: nothing reads it, and it would double the cache.
-      functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=False),
+      # Batched (V.tokenize_documents says why not seqio's tokenize); like seqio's with
+      # copy_pretokenized=False: nothing reads the text again, and it would double the cache.
+      V.tokenize_documents,
   ]
   if cache:
     steps.append(seqio.CacheDatasetPlaceholder())
@@ -193,11 +194,27 @@ def preprocessors(objective=objectives.codegen2_mixture, task: str = "",
   ]
 
 
+@gin.configurable(module="registry")
+def task_shuffle_buffer(size: int = 256) -> int:
+  """Examples in each task's shuffle buffer after its objectives (seqio's per-task shuffle,
+  whose own default is 1000). It mixes the pieces of a long document, and the sequences
+  of neighbouring documents, over `size` of the task's sequences; the source has already
+  shuffled the documents. A checkpoint's data state holds every task's buffer (a mixture
+  of 19 tasks: 19 buffers of sequences up to SEQ_LEN, with all their features), so the
+  state grows with size x tasks (README, "Resume without replay")."""
+  if size < 1:
+    raise ValueError(f"registry.task_shuffle_buffer.size={size} must be >= 1")
+  return size
+
+
 class CodeGenTask(seqio.Task):
-  """A seqio Task that counts passes over its cached data too: the cache is read through
-  epochs.EpochMarkedSource, which ends each host's shard with one pass marker."""
+  """A seqio Task that counts passes over its cached data too (the cache is read through
+  epochs.EpochMarkedSource, which ends each host's shard with one pass marker), and whose
+  shuffle buffer is gin's `task_shuffle_buffer` unless the caller passes one."""
 
   def get_dataset(self, sequence_length=None, split: str = "train", *args, **kwargs):
+    if len(args) < 3 and kwargs.get("shuffle_buffer_size") is None:
+      kwargs["shuffle_buffer_size"] = task_shuffle_buffer()
     with epochs.building(split):  # count_epochs names the split if it has no document
       return super().get_dataset(sequence_length, split, *args, **kwargs)
 
