@@ -562,10 +562,9 @@ def tokenize_documents(dataset: tf.data.Dataset, output_features, batch_size: in
   tokenizer encodes a batch outside the GIL (`encode_batch`), SentencePiece a batch in
   one TF op, and AUTOTUNE keeps about as many batches in flight as there are cores.
   Other vocabularies are encoded one document per call (seqio's path, AUTOTUNE)."""
-  vocabulary = output_features["targets"].vocabulary
-  resolved = getattr(vocabulary, "resolved", vocabulary)  # registry.FamilyVocabulary
   if "targets" not in dataset.element_spec:
     return dataset
+  resolved = _resolved(output_features["targets"].vocabulary)
   if not isinstance(resolved, (seqio.SentencePieceVocabulary, HfTokenizerVocabulary)):
     return dataset.map(lambda ex: {**ex, "targets": resolved.encode_tf(ex["targets"])},
                        num_parallel_calls=tf.data.AUTOTUNE)
